@@ -1,0 +1,8 @@
+"""hiar: autoregressive long-video diffusion with hierarchical denoising.
+
+Layers (each depends only on the ones above it): ``schedule`` -> ``model`` -> ``sampling`` ->
+``training`` -> ``eval`` -> ``cli``. Latent codecs and text encoders are plug-ins (``hiar.world``
+for the shapes world, ``hiar.wan`` for Wan2.1's VAE and umT5).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Command-line interface: thin wrappers that parse, load configs and call the library."""
