@@ -16,9 +16,11 @@ every receive has a timeout so no rank waits forever on a dead peer.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -123,12 +125,16 @@ def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str) ->
         model = job.build_model()
         if use_cuda:
             model = model.to(f"cuda:{rank}")
-        blocks = []
+        dist.barrier()  # time the pipeline, not process start-up and model loading
+        t0 = time.perf_counter()
+        blocks, times = [], []
         for n, block in pipeline_stream(model, job.config, job.text.to(model.device), seeds=job.seeds,
                                         latent_shape=job.latent_shape, num_blocks=job.num_blocks):
             blocks.append(block.cpu())
+            times.append(time.perf_counter() - t0)
         if blocks:
             torch.save(torch.cat(blocks, dim=2), Path(out_dir) / "video.pt")
+            (Path(out_dir) / "times.json").write_text(json.dumps(times))
     except BaseException:
         (Path(out_dir) / f"error-rank{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -136,8 +142,27 @@ def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str) ->
         dist.destroy_process_group()
 
 
+@dataclass
+class PipelineResult:
+    video: torch.Tensor  # [B, C, F, H, W]
+    block_done_s: list[float]  # when each block was final, from the start barrier
+
+    @property
+    def first_block_latency_s(self) -> float:
+        return self.block_done_s[0]
+
+    @property
+    def wall_s(self) -> float:
+        return self.block_done_s[-1]
+
+
 def spawn_pipeline(job: PipelineJob) -> torch.Tensor:
     """Start one process per step, run the pipeline, return the video ``[B, C, F, H, W]``."""
+    return spawn_pipeline_timed(job).video
+
+
+def spawn_pipeline_timed(job: PipelineJob) -> PipelineResult:
+    """:func:`spawn_pipeline`, also returning when each block was done (timed after start-up)."""
     import torch.multiprocessing as mp
 
     world = job.config.num_steps
@@ -151,4 +176,5 @@ def spawn_pipeline(job: PipelineJob) -> torch.Tensor:
             detail = errors[0].read_text().strip().splitlines()[-1] if errors else str(err).strip().splitlines()[-1]
             who = errors[0].stem.replace("error-", "") if errors else "a rank"
             raise PipelineError(f"pipelined inference failed on {who}: {detail}") from None
-        return torch.load(Path(out_dir) / "video.pt", weights_only=True)
+        video = torch.load(Path(out_dir) / "video.pt", weights_only=True)
+        return PipelineResult(video, json.loads((Path(out_dir) / "times.json").read_text()))

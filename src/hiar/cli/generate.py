@@ -1,0 +1,114 @@
+"""``hiar generate``: text to video with any method, order and length."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import torch
+
+from hiar.generate import METHODS, generate, latent_frames, load_shapes_model, method_config, shapes_world, wan_world
+from hiar.sampling import ContextRule, Order, Transition
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt",
+                       description="Generate a video from a prompt. Blocks are written to the mp4 as they finish.")
+    p.add_argument("prompt", help="the text prompt (shapes world: e.g. 'a fast red circle on a dark background')")
+    p.add_argument("-o", "--output", default="outputs/video.mp4", help="mp4 path (default: %(default)s)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=int, default=None, help="video frames to generate (default: 84)")
+    length.add_argument("--seconds", type=float, default=None, help="video length in seconds at the world's fps")
+    p.add_argument("--method", default="hiar", choices=list(METHODS), help="inference method (default: %(default)s)")
+    p.add_argument("--order", choices=[o.value for o in Order], default=None, help="execution order (default: the method's)")
+    p.add_argument("--context", choices=[c.value for c in ContextRule], default=None, help="override the method's context rule")
+    p.add_argument("--transition", choices=[t.value for t in Transition], default=None)
+    p.add_argument("--window", type=int, default=None, help="KV window in latent frames (default: 21, the paper's 5 s)")
+    p.add_argument("--sink", type=int, default=None, help="attention-sink frames kept forever")
+    p.add_argument("--no-fuse", action="store_true", help="separate context-write and denoise calls (for comparison)")
+    p.add_argument("--batched", action="store_true", help="run each anti-diagonal as one batched call")
+    p.add_argument("--pipeline", action="store_true", help="one process per denoising step (torch.distributed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=None, help="model weights (hiar, Wan, diffusers or Self-Forcing format)")
+    p.add_argument("--world", choices=["shapes", "wan"], default="shapes")
+    p.add_argument("--vae", default=None, help="Wan: local folder of the VAE (diffusers layout)")
+    p.add_argument("--text-encoder", default=None, help="Wan: local folder of umT5 and its tokenizer")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hiar.video import VideoWriter
+
+    if args.world == "shapes":
+        model, source = load_shapes_model(args.checkpoint, device=args.device)
+        world = shapes_world(model)
+    else:
+        if not (args.checkpoint and args.vae and args.text_encoder):
+            raise ValueError("--world wan needs --checkpoint, --vae and --text-encoder (local paths; nothing is downloaded)")
+        from hiar.checkpoint import load_model
+
+        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+        model, source = load_model(args.checkpoint, device=args.device, dtype=dtype).eval(), args.checkpoint
+        world = wan_world(args.vae, args.text_encoder, device=args.device)
+    frames = args.frames if args.frames is not None else round(args.seconds * world.fps) if args.seconds else 84
+    if frames < 1:
+        raise ValueError(f"need at least one frame, got {frames}")
+    config = method_config(
+        args.method,
+        order=Order(args.order) if args.order else None,
+        context=ContextRule(args.context) if args.context else None,
+        transition=Transition(args.transition) if args.transition else None,
+        window=args.window if args.window is not None else 21,
+        sink=args.sink,
+        fused=False if args.no_fuse else None,
+        batched=True if args.batched else None,
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"model: {source}", file=sys.stderr)
+    print(f"{args.method}: context {config.context.name}, order {config.order.value}, {config.num_steps} steps, "
+          f"{frames} frames -> {out}", file=sys.stderr)
+    if args.pipeline:
+        return _run_pipelined(args, model, world, config, frames, out)
+    with VideoWriter(out, fps=world.fps) as writer:
+        try:
+            _, report = generate(model, world, args.prompt, num_frames=frames, config=config, seed=args.seed,
+                                 writer=writer, progress=not args.quiet)
+        except KeyboardInterrupt:
+            writer.close()
+            print(f"interrupted: {writer.frames_written} frames saved to {out}", file=sys.stderr)
+            return 130
+    print(f"wrote {out}: {frames} frames, {report.frames_per_s:.1f} frames/s, first block after "
+          f"{report.first_block_latency_s:.3f} s, {report.model_calls} model calls", file=sys.stderr)
+    return 0
+
+
+def _run_pipelined(args, model, world, config, frames, out) -> int:
+    """Spawn one rank per step; the video is written when the ranks are done."""
+    from hiar.checkpoint import save_model
+    from hiar.pipeline import PipelineJob, spawn_pipeline_timed
+    from hiar.video import write_video
+    import tempfile
+
+    text = world.text_encoder.encode([args.prompt])
+    n_blocks = -(-latent_frames(frames, world.codec) // config.block_frames)
+    with tempfile.TemporaryDirectory(prefix="hiar-gen-") as tmp:
+        weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
+        job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, text, [args.seed],
+                          world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps))
+        result = spawn_pipeline_timed(job)
+    video = world.codec.decode(result.video.float())[0].clamp(-1, 1)[:, :frames]
+    write_video(out, video, fps=world.fps)
+    print(f"wrote {out}: {frames} frames over {config.num_steps} processes, "
+          f"{frames / result.wall_s:.1f} frames/s, first block after {result.first_block_latency_s:.3f} s", file=sys.stderr)
+    return 0
+
+
+def _load_for_rank(path: str):
+    from hiar.checkpoint import load_model
+
+    return load_model(path).eval()

@@ -1,0 +1,150 @@
+"""Text-to-video generation: a model, its world (codec + text encoder), a sampler config, a writer.
+
+The method is a setting (:data:`METHODS`): the same model and sampler run Self-Forcing's
+block-first rollout or HiAR's hierarchical one. Blocks are decoded and written as soon as they are
+final, so a long (or unbounded) video streams to disk at constant memory, and an interrupted run
+leaves a playable file of what was made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from hiar.model import WanModel, build_model
+from hiar.sampling import ContextRule, GridReport, GridSampler, Order, SamplerConfig
+from hiar.world.base import LatentCodec, TextEncoder
+
+# Inference settings of each method (all share the model, sampler and schedule).
+METHODS: dict[str, dict] = {
+    "hiar": dict(context=ContextRule.OUTPUT, order=Order.DIAGONAL),
+    "self-forcing": dict(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST),
+    "causvid": dict(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST),  # teacher forcing is a training matter
+    "causal-forcing": dict(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST),
+    "hiar-input-context": dict(context=ContextRule.INPUT, order=Order.DIAGONAL),  # the t_c = t_j ablation
+}
+
+SHAPES_FPS = 16
+BUNDLED_DIR = "assets"
+
+
+def method_config(method: str, **overrides) -> SamplerConfig:
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+    return replace(SamplerConfig(**METHODS[method]), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def bundled_checkpoint(name: str) -> Path | None:
+    """A model shipped inside the package (``hiar/assets/<name>.safetensors``), if present."""
+    path = Path(str(resources.files("hiar"))) / BUNDLED_DIR / f"{name}.safetensors"
+    return path if path.exists() else None
+
+
+def latent_frames(num_frames: int, codec: LatentCodec) -> int:
+    """Latent frames needed for ``num_frames`` video frames (Wan's causal VAE: 1 + 4 (F - 1))."""
+    f = codec.temporal_factor
+    return num_frames if f == 1 else 1 + math.ceil((num_frames - 1) / f)
+
+
+@dataclass
+class World:
+    """A latent space, a text encoder and the frame geometry that go with a model."""
+
+    name: str
+    codec: LatentCodec
+    text_encoder: TextEncoder
+    height: int  # pixels
+    width: int
+    fps: int
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.codec.spatial_factor
+        return self.codec.latent_channels, self.height // s, self.width // s
+
+
+def shapes_world(model: WanModel) -> World:
+    from hiar.world.shapes import IdentityCodec, ShapesTextEncoder, default_world
+
+    world = default_world()
+    enc = ShapesTextEncoder(dim=model.cfg.text_dim, max_len=model.cfg.text_len, world=world)
+    side = world.config.side
+    return World("shapes", IdentityCodec(), enc, side, side, SHAPES_FPS)
+
+
+def wan_world(vae_dir: str, text_encoder_dir: str, height: int = 480, width: int = 832, device="cpu") -> World:
+    from hiar.wan import UMT5TextEncoder, WanVAE
+
+    vae = WanVAE.from_pretrained(vae_dir, device=device)
+    text = UMT5TextEncoder.from_pretrained(text_encoder_dir, device=device)
+    return World("wan", vae, text, height, width, 16)
+
+
+def load_shapes_model(checkpoint: str | None, device: str = "cpu") -> tuple[WanModel, str]:
+    """The given checkpoint, else the bundled HiAR shapes model, else (with a warning) random weights."""
+    from hiar.checkpoint import load_model
+
+    path = checkpoint or bundled_checkpoint("shapes-hiar")
+    if path is not None:
+        return load_model(path, device=device).eval(), str(path)
+    torch.manual_seed(0)
+    return build_model("toy", device=device).eval(), "random weights (no trained shapes model is bundled yet)"
+
+
+def generate(
+    model: WanModel,
+    world: World,
+    prompt: str,
+    *,
+    num_frames: int,
+    config: SamplerConfig,
+    seed: int = 0,
+    writer=None,
+    progress: bool = True,
+) -> tuple[torch.Tensor | None, GridReport]:
+    """Generate ``num_frames`` video frames for ``prompt``.
+
+    Each block is decoded and handed to ``writer.write`` as soon as it is final (codecs that mix
+    frames across blocks, like Wan's causal VAE, are decoded once at the end). Returns the pixel
+    video ``[3, F, H, W]`` in [-1, 1] when no writer is given (else None) and the sampler's report.
+    """
+    from tqdm.auto import tqdm
+
+    text = world.text_encoder.encode([prompt]).to(model.device, model.dtype)
+    k = config.block_frames
+    n_latent = latent_frames(num_frames, world.codec)
+    num_blocks = math.ceil(n_latent / k)
+    sampler = GridSampler(model, config, text, seeds=[seed], latent_shape=world.latent_shape)
+    streaming = world.codec.temporal_factor == 1
+    kept: list[torch.Tensor] = []
+    written = 0
+    bar = tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress)
+
+    def emit(pixels: torch.Tensor) -> None:
+        nonlocal written
+        pixels = pixels[:, : num_frames - written]  # [3, F, H, W]; the last block may overshoot
+        written += pixels.shape[1]
+        if writer is not None:
+            writer.write(pixels)
+        else:
+            kept.append(pixels)
+        bar.update(pixels.shape[1])
+
+    try:
+        latents = []
+        for _n, block in sampler.stream(num_blocks):
+            if streaming:
+                emit(world.codec.decode(block.float())[0].clamp(-1, 1).cpu())
+            else:
+                latents.append(block)
+            bar.set_postfix(fps=f"{sampler.report.frames_per_s:.1f}")
+    finally:
+        # Also on Ctrl-C: what is final gets decoded and written before the writer closes.
+        if not streaming and latents:
+            emit(world.codec.decode(torch.cat(latents, dim=2).float())[0].clamp(-1, 1).cpu())
+        bar.close()
+    return (torch.cat(kept, dim=1) if kept else None), sampler.report

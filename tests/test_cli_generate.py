@@ -1,0 +1,75 @@
+"""`hiar generate` end to end on the shapes world (random weights: the code path, not the looks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiar.cli.main import main
+from hiar.generate import METHODS, generate, method_config, shapes_world
+from hiar.sampling import ContextRule, Order
+from hiar.video import read_video
+from tests.helpers import tiny_model
+
+PROMPT = "a fast red circle and a slow blue square on a dark background"
+
+
+def test_generate_writes_the_asked_number_of_frames(tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", PROMPT, "--frames", "10", "-o", str(out), "--quiet"]) == 0
+    frames = read_video(out, native=True)
+    assert frames.shape[0] == 10  # 4 blocks of 3, trimmed to 10
+    assert frames.shape[1:] == (32, 32, 3)
+
+
+def test_generate_by_seconds_and_method(tmp_path):
+    out = tmp_path / "sf.mp4"
+    assert main(["generate", PROMPT, "--seconds", "0.5", "--method", "self-forcing", "-o", str(out), "--quiet"]) == 0
+    assert read_video(out, native=True).shape[0] == 8  # 0.5 s at 16 fps
+
+
+def test_invalid_order_is_refused_with_the_dependency(tmp_path, capsys):
+    out = tmp_path / "bad.mp4"
+    code = main(["generate", PROMPT, "--method", "self-forcing", "--order", "step_first", "--frames", "6", "-o", str(out), "--quiet"])
+    assert code == 2
+    assert "needs block 0 fully denoised" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_word_is_refused(tmp_path, capsys):
+    code = main(["generate", "a fast mauve circle", "--frames", "3", "-o", str(tmp_path / "x.mp4"), "--quiet"])
+    assert code == 2
+    assert "mauve" in capsys.readouterr().err
+
+
+def test_methods_are_settings_of_one_sampler():
+    assert method_config("hiar").context is ContextRule.OUTPUT
+    assert method_config("self-forcing").order is Order.BLOCK_FIRST
+    assert method_config("hiar", order=Order.STEP_FIRST).order is Order.STEP_FIRST
+    with pytest.raises(ValueError, match="unknown method"):
+        method_config("magic")
+    assert set(METHODS) >= {"hiar", "self-forcing", "causvid"}
+
+
+class Interrupting:
+    """A writer that is stopped (Ctrl-C) after its second block."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def write(self, pixels):
+        self.blocks.append(pixels)
+        if len(self.blocks) == 2:
+            raise KeyboardInterrupt
+
+
+def test_generation_streams_blocks_to_the_writer_and_stops_cleanly():
+    from hiar.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("toy").eval()
+    world = shapes_world(model)
+    writer = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, world, PROMPT, num_frames=30, config=method_config("hiar"), writer=writer, progress=False)
+    assert [b.shape[1] for b in writer.blocks] == [3, 3]
