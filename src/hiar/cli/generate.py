@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_pipelined(args, model, world, config, frames, out) -> int:
+    """Under torchrun: be one rank. Otherwise spawn one rank per step."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return _run_as_torchrun_rank(args, model, world, config, frames, out)
+    return _spawn_ranks(args, model, world, config, frames, out)
+
+
+def _run_as_torchrun_rank(args, model, world, config, frames, out) -> int:
+    """``torchrun --nproc-per-node S -m hiar.cli.main generate ... --pipeline``: the last rank writes."""
+    import torch.distributed as dist
+
+    from hiar.pipeline import pipeline_stream
+    from hiar.video import VideoWriter
+
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        model = model.to(f"cuda:{torch.cuda.current_device()}")
+    try:
+        text = world.text_encoder.encode([args.prompt]).to(model.device, model.dtype)
+        n_blocks = -(-latent_frames(frames, world.codec) // config.block_frames)
+        blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks)
+        if rank != world_size - 1:
+            for _ in blocks:  # the other ranks yield nothing
+                pass
+            return 0
+        written = 0
+        with VideoWriter(out, fps=world.fps) as writer:
+            for _n, block in blocks:
+                pixels = world.codec.decode(block.float())[0].clamp(-1, 1).cpu()[:, : frames - written]
+                writer.write(pixels)
+                written += pixels.shape[1]
+        print(f"rank {rank}: wrote {out}: {written} frames", file=sys.stderr)
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_ranks(args, model, world, config, frames, out) -> int:
     """Spawn one rank per step; the video is written when the ranks are done."""
     from hiar.checkpoint import save_model
     from hiar.pipeline import PipelineJob, spawn_pipeline_timed
