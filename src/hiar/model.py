@@ -94,10 +94,12 @@ def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
 
 
 class WanLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32."""
+    """LayerNorm computed in float32 (the affine parameters too, so a bf16 model works on CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type_as(x)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 class WanRMSNorm(nn.Module):
@@ -119,7 +121,9 @@ class RotaryEmbedding:
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
         self.bands = rope_split(head_dim)
-        self.inv_freq = [1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d) for d in self.bands]
+        # Always real CPU tensors (moved per call), also when the model is built under
+        # ``torch.device("meta")`` for loading a checkpoint with assign=True.
+        self.inv_freq = [1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d) for d in self.bands]
 
     def angles(self, frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``frames`` [G, F] -> angles [G, F * height * width, head_dim / 2] (float64)."""

@@ -53,10 +53,16 @@ def uniform_levels(num_steps: int, shift: float = DEFAULT_SHIFT, include: torch.
     integrated on it passes *exactly* through them (the released code does not; we do, so the
     forward-KL targets align with the student's levels).
     """
+    if num_steps < 1:
+        raise ValueError(f"a grid needs at least one step, got num_steps={num_steps}")
     t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     sigmas = shift_sigma(t, shift)
     if include is not None:
-        sigmas = torch.cat([sigmas, include.to(torch.float64)])
+        include = include.to(torch.float64).flatten()
+        # A grid point that equals an included level up to rounding (e.g. t = 49/98 vs 0.5) would
+        # leave a ~1e-16 step, i.e. a wasted model call: keep the included value only.
+        near = (sigmas[:, None] - include[None, :]).abs().min(dim=1).values <= 1e-9
+        sigmas = torch.cat([sigmas[~near], include])
     sigmas = torch.unique(sigmas.clamp(0, 1))  # sorted ascending, duplicates removed
     return sigmas.flip(0)
 
