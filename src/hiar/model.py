@@ -413,8 +413,11 @@ class WanModel(nn.Module):
             frames = frames[None].expand(G, -1)
         frames = frames.cpu()
         fp, hp, wp = Fr // pt, H // ph, W // pw
-        angles = self.rope.angles(frames, hp, wp).repeat_interleave(B // G, dim=0).unsqueeze(2).to(x.device)
-        pos = Positions(frames, hp, wp, torch.cos(angles).float(), torch.sin(angles).float())
+        # Angles in float64 on the compute device (exact at any frame index), one row per group.
+        angles = self.rope.angles(frames.to(x.device), hp, wp)
+        cos = torch.cos(angles).float().repeat_interleave(B // G, dim=0).unsqueeze(2)
+        sin = torch.sin(angles).float().repeat_interleave(B // G, dim=0).unsqueeze(2)
+        pos = Positions(frames, hp, wp, cos, sin)
 
         # Time: one embedding per frame (or one per sample when all frames share it)
         t = torch.as_tensor(timesteps, device=x.device)
