@@ -1,0 +1,89 @@
+"""Per-segment curves as a PNG, drawn with Pillow (no plotting library needed).
+
+One panel per metric; x = segment (1..S), one line per video or method, a shared legend below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from hiar.video import label_font, text_width
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _fmt(v: float) -> str:
+    a = abs(v)
+    if a != 0 and (a >= 1e4 or a < 1e-3):
+        return f"{v:.2e}"
+    return f"{v:.4g}"
+
+
+def plot_segment_curves(series: dict[str, dict[str, list[float]]], path: str | Path, title: str = "",
+                        metrics: list[str] | None = None, columns: int = 4, panel: tuple[int, int] = (260, 180),
+                        subtitles: dict[str, str] | None = None) -> Path:
+    """``series[label][metric]`` = per-segment values. Writes a PNG grid of panels to ``path``."""
+    if not series:
+        raise ValueError("nothing to plot")
+    metrics = metrics or list(next(iter(series.values())))
+    font = label_font()
+    pw, ph = panel
+    rows = (len(metrics) + columns - 1) // columns
+    cols = min(columns, len(metrics))
+    legend_rows = (len(series) + 2) // 3
+    top = 30 if title else 8
+    width = cols * pw + 16
+    height = top + rows * ph + 16 + legend_rows * 18
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
+    for m_i, metric in enumerate(metrics):
+        ox = 8 + (m_i % columns) * pw
+        oy = top + (m_i // columns) * ph
+        left, right, upper, lower = ox + 58, ox + pw - 10, oy + 34, oy + ph - 26
+        name = metric if not subtitles or metric not in subtitles else f"{metric} [{subtitles[metric]}]"
+        draw.text((ox + 4, oy + 4), name[:44], fill=(0, 0, 0), font=font)
+        values = [v for s in series.values() for v in s.get(metric, []) if v == v]
+        if not values:
+            draw.text((left, (upper + lower) // 2), "no data", fill=(120, 120, 120), font=font)
+            continue
+        lo, hi = min(values), max(values)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5 * (abs(lo) + 1e-3), hi + 0.5 * (abs(hi) + 1e-3)
+        pad = 0.08 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        draw.rectangle((left, upper, right, lower), outline=(160, 160, 160))
+        draw.text((ox + 2, upper - 6), _fmt(hi), fill=(90, 90, 90), font=font)
+        draw.text((ox + 2, lower - 8), _fmt(lo), fill=(90, 90, 90), font=font)
+        n = max(len(s.get(metric, [])) for s in series.values())
+        for i in range(n):
+            x = left + (right - left) * (i / max(n - 1, 1))
+            draw.line((x, lower, x, lower + 3), fill=(120, 120, 120))
+            draw.text((x - 3, lower + 5), str(i + 1), fill=(90, 90, 90), font=font)
+        draw.text(((left + right) // 2 - 20, lower + 12), "segment", fill=(120, 120, 120), font=font)
+        for s_i, (label, s) in enumerate(series.items()):
+            vals = s.get(metric, [])
+            colour = COLOURS[s_i % len(COLOURS)]
+            pts = [(left + (right - left) * (i / max(len(vals) - 1, 1)), lower - (lower - upper) * (v - lo) / (hi - lo))
+                   for i, v in enumerate(vals) if v == v]
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colour)
+    ly = top + rows * ph + 6
+    for s_i, label in enumerate(series):
+        x = 12 + (s_i % 3) * (width // 3)
+        y = ly + (s_i // 3) * 18
+        colour = COLOURS[s_i % len(COLOURS)]
+        draw.rectangle((x, y + 3, x + 14, y + 11), fill=colour)
+        text = str(label)
+        while len(text) > 4 and text_width(font, text) > width // 3 - 30:
+            text = text[:-2]
+        draw.text((x + 20, y), text if text == str(label) else text + "...", fill=(0, 0, 0), font=font)
+    path = Path(path)
+    img.save(path)
+    return path
