@@ -449,7 +449,8 @@ class WanModel(nn.Module):
 
         h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, L, dim]
         for i, blk in enumerate(self.blocks):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Recomputation would read caches written after the forward pass: no checkpointing with a cache.
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None:
                 h = torch.utils.checkpoint.checkpoint(blk, h, e0, ctx.kv[i], pos, attention, caches, i, write, use_reentrant=False)
             else:
                 h = blk(h, e0, ctx.kv[i], pos, attention, caches, i, write)

@@ -1,0 +1,132 @@
+"""Where training clips and prompts come from, indexed by *global sample index*.
+
+A source maps an index to ``(latents [C, F, H, W] or None, prompt)`` deterministically, so a step's
+batch is fixed by ``(step, global batch)`` alone: resuming needs only the step, and rank r of W takes
+indices ``step * b * W + r * b + i`` (2 ranks x b == 1 rank x 2b). Text states come from the
+source's encoder (``[B, L, D]``, zero after each prompt); the *null prompt* for classifier-free
+guidance is all zeros (the encoding of the empty prompt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hiar.training.configs import DataSection
+from hiar.training.trajectories import TrajectoryDataset
+
+
+def rank_indices(step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Global sample indices of this rank's slice of step ``step``'s global batch."""
+    start = step * batch_size * world_size + rank * batch_size
+    return list(range(start, start + batch_size))
+
+
+class ClipSource:
+    """Base: ``clip(i)``, ``prompt(i)``, ``text(prompts)`` and the latent shape."""
+
+    latent_shape: tuple[int, int, int]  # (C, H, W)
+    num_frames: int
+    has_clips = True
+
+    def prompt(self, index: int) -> str:
+        raise NotImplementedError
+
+    def clip(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, indices: list[int], *, clips: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+        """``(latents [B, C, F, H, W] or None, text [B, L, D], prompts)`` for these indices."""
+        prompts = [self.prompt(i) for i in indices]
+        x = torch.stack([self.clip(i) for i in indices]) if clips else None
+        return x, self.text(prompts), prompts
+
+
+class ShapesSource(ClipSource):
+    """The shapes world: pixels are the latents (identity codec), the toy text encoder."""
+
+    def __init__(self, cfg: DataSection, text_dim: int, text_len: int):
+        from hiar.world.shapes import ShapesDataset, ShapesTextEncoder, ShapesWorldConfig
+
+        world_cfg = ShapesWorldConfig.from_dict(dict(cfg.shapes))
+        self.dataset = ShapesDataset(num_frames=cfg.num_frames, seed=cfg.seed, config=world_cfg)
+        self.encoder = ShapesTextEncoder(dim=text_dim, max_len=text_len, world=self.dataset.world)
+        self.latent_shape = (3, world_cfg.height, world_cfg.width)
+        self.num_frames = cfg.num_frames
+
+    def prompt(self, index: int) -> str:
+        ds = self.dataset
+        return ds.world.prompt(ds.spec(index))
+
+    def clip(self, index: int) -> torch.Tensor:
+        return self.dataset.clip(index)[0]
+
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        return self.encoder.encode(prompts)
+
+
+class PromptSource(ClipSource):
+    """Prompts from a text file (cycled), encoded by umT5; no clips."""
+
+    has_clips = False
+
+    def __init__(self, cfg: DataSection, device=None):
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.prompts_file not found: {path}")
+        self.prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not self.prompts:
+            raise ValueError(f"data.prompts_file {path} holds no prompt")
+        from hiar.wan import UMT5TextEncoder
+
+        self.encoder = UMT5TextEncoder.from_pretrained(cfg.text_encoder, device=device or "cpu")
+        self.latent_shape = tuple(cfg.latent_shape)
+        self.num_frames = cfg.num_frames
+
+    def prompt(self, index: int) -> str:
+        return self.prompts[index % len(self.prompts)]
+
+    def clip(self, index: int) -> torch.Tensor:
+        raise ValueError("data.kind=prompts has no clips (use kind shapes or trajectories for this stage)")
+
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.encoder.encode(prompts).float().cpu()
+
+
+class TrajectorySource(ClipSource):
+    """Clips = the clean endpoints x_ref[S] of stored trajectories; text = their stored states."""
+
+    def __init__(self, cfg: DataSection):
+        self.store = TrajectoryDataset(cfg.trajectories)
+        C, F, H, W = self.store.sample_shape
+        self.latent_shape = (C, H, W)
+        self.num_frames = F
+        if cfg.num_frames != F:
+            raise ValueError(f"data.num_frames={cfg.num_frames} but the trajectories in {cfg.trajectories} have {F} frames")
+
+    def prompt(self, index: int) -> str:
+        return self.store.prompt(index % len(self.store))
+
+    def clip(self, index: int) -> torch.Tensor:
+        return self.store.latents(index % len(self.store))[-1]
+
+    def batch(self, indices, *, clips=True):
+        items = [self.store[i % len(self.store)] for i in indices]
+        x = torch.stack([it["latents"][-1] for it in items]) if clips else None
+        return x, torch.stack([it["text"] for it in items]), [it["prompt"] for it in items]
+
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        raise ValueError("trajectory data stores text states, not an encoder: use batch()")
+
+
+def make_source(cfg: DataSection, *, text_dim: int, text_len: int, device=None) -> ClipSource:
+    if cfg.kind == "shapes":
+        return ShapesSource(cfg, text_dim, text_len)
+    if cfg.kind == "prompts":
+        return PromptSource(cfg, device)
+    return TrajectorySource(cfg)

@@ -1,0 +1,60 @@
+"""Stage 3, ODE init (CausVid / Self-Forcing): the causal student regresses the trajectories' clean
+endpoints from their states at the student's levels, an independent level per block, block-causal."""
+
+from __future__ import annotations
+
+import torch
+
+from hiar import schedule
+from hiar.attention import block_causal
+from hiar.training import keys
+from hiar.training.objectives import predict_velocity, x0_regression_loss
+from hiar.training.stages.common import export_trainable
+from hiar.training.trainer import Stage
+from hiar.training.trajectories import TrajectoryDataset
+
+
+def per_block_inputs(latents: torch.Tensor, level_index: torch.Tensor, block_frames: int) -> torch.Tensor:
+    """From trajectories ``[B, S+1, C, F, H, W]`` and per-block level indices ``[B, nb]``, the input
+    ``[B, C, F, H, W]`` whose block b is the trajectory's state at level ``level_index[:, b]``."""
+    B, _, C, F, H, W = latents.shape
+    per_frame = level_index.repeat_interleave(block_frames, dim=1)[:, :F]  # [B, F]
+    by_frame = latents.permute(0, 3, 1, 2, 4, 5)  # [B, F, S+1, C, H, W]
+    gather = per_frame.to(latents.device)[:, :, None, None, None, None].expand(B, F, 1, C, H, W)
+    return by_frame.gather(2, gather)[:, :, 0].permute(0, 2, 1, 3, 4)
+
+
+class OdeInitStage(Stage):
+    name = "ode_init"
+
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.trainer
+        self.model = t.build_model(cfg.model, "student")
+        self.levels = cfg.student.levels
+        self.data = TrajectoryDataset(cfg.trajectories, levels=self.levels)
+        frames = self.data.sample_shape[1]
+        self.k = cfg.student.block_frames
+        if frames % self.k:
+            raise ValueError(f"trajectories have {frames} frames, not a multiple of student.block_frames={self.k}")
+        self.attention = block_causal(self.k)
+        t.add_trainable("model", self.model, cfg.optimizer, ema_decay=cfg.ema_decay, ema_start=cfg.ema_start)
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, t = self.cfg, self.trainer
+        idx = t.indices(step)
+        latents, text = self.data.batch(idx)  # [B, S+1, C, F, H, W]
+        S = len(self.levels) - 1
+        nb = latents.shape[3] // self.k
+        level_index = torch.tensor([[keys.randint(S, cfg.seed, "ode-level", step, i, b) for b in range(nb)] for i in idx])
+        x = per_block_inputs(latents, level_index, self.k)
+        sigma = self.levels[level_index.repeat_interleave(self.k, dim=1)]  # [B, F] float64
+        target = latents[:, S]
+        x, target, text = (v.to(t.device) for v in (x, target, text))
+        with t.autocast():
+            velocity = predict_velocity(self.model, x, sigma, text, self.attention)
+        x0 = schedule.x0_from_velocity(x, velocity.float(), sigma)
+        loss = x0_regression_loss(x0, target)
+        return {"loss": t.optimize("model", loss, step)}
+
+    def export(self) -> None:
+        export_trainable(self.trainer, "model")

@@ -1,0 +1,101 @@
+"""Smoke runs of every stage on a micro model, the CLI, and the shapes recipe's configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hiar.checkpoint import load_model
+from hiar.cli.main import main
+from hiar.training import load_stage_config, run_stage, stage_config
+from hiar.training.stages.ode_init import per_block_inputs
+from tests.training_helpers import TINY, common, dmd_config, prepared, weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_teacher_and_trajectories_outputs():
+    root = prepared()
+    assert load_model(root / "teacher/model.safetensors").cfg.in_dim == 3
+    manifest = json.loads((root / "traj/manifest.json").read_text())
+    assert manifest["num_samples"] == 4 and manifest["num_shards"] == 2
+
+
+def test_ode_init_and_diffusion_forcing_run(tmp_path):
+    root = prepared()
+    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
+    run_stage(stage_config("ode_init", common(tmp_path / "ode", model=teacher, steps=2, trajectories=str(root / "traj"),
+                                              student={"block_frames": 3})))
+    run_stage(stage_config("diffusion_forcing", common(tmp_path / "df", model={"checkpoint": str(tmp_path / "ode/model.safetensors")},
+                                                       steps=2, ema_decay=0.9)))
+    for out in ("ode", "df"):
+        log = (tmp_path / out / "log.jsonl").read_text().splitlines()
+        assert len(log) == 2 and all(torch.isfinite(torch.tensor(json.loads(x)["loss"])) for x in log)
+    assert (tmp_path / "df/model_raw.safetensors").is_file()  # EMA -> model.safetensors, raw weights beside it
+
+
+def test_per_block_inputs_pick_each_blocks_level():
+    lat = torch.arange(5.0)[None, :, None, None, None, None].expand(1, 5, 2, 6, 2, 2).clone()  # value = level index
+    x = per_block_inputs(lat, torch.tensor([[3, 0]]), 3)
+    assert x.shape == (1, 2, 6, 2, 2)
+    assert bool((x[:, :, :3] == 3).all()) and bool((x[:, :, 3:] == 0).all())
+
+
+@pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])
+def test_dmd_methods_run(tmp_path, method, fkl_attention):
+    root = prepared()
+    extra = {"fkl": {"weight": 0.1, "trajectories": str(root / "traj"), "attention": fkl_attention}} if fkl_attention else {}
+    cfg = stage_config("dmd", dmd_config(root, tmp_path / method, method=method, steps=3, **extra))
+    run_stage(cfg)
+    log = [json.loads(x) for x in (tmp_path / method / "log.jsonl").read_text().splitlines()]
+    assert "dmd_loss" in log[0] and "critic_loss" in log[1] and "dmd_loss" not in log[1]  # 1 generator : 2 critic
+    assert ("fkl_loss" in log[0]) == (method == "hiar")
+    start, ema = weights(root / "teacher/model.safetensors"), weights(tmp_path / method / "model.safetensors")
+    assert any(not torch.equal(start[k], ema[k]) for k in start)
+    assert (tmp_path / method / "critic.safetensors").is_file()
+
+
+def test_cli_train_with_overrides(tmp_path, capsys):
+    config = tmp_path / "teacher.yaml"
+    config.write_text(yaml.safe_dump({"stage": "teacher", "output_dir": str(tmp_path / "cli"), "model": TINY,
+                                      "data": {"num_frames": 6, "shapes": {"height": 8, "width": 8}},
+                                      "batch_size": 1, "steps": 5, "progress": False, "tensorboard": False,
+                                      "log_every": 1}))
+    assert main(["train", str(config), "--set", "steps=2", "--set", "optimizer.lr=0.001"]) == 0
+    assert "teacher finished at step 2/2" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "cli/config.yaml").read_text())["optimizer"]["lr"] == 0.001
+    assert main(["train", str(config), "--set", "stepz=2"]) == 2
+    assert "stepz" in capsys.readouterr().err
+    assert main(["train", str(config), "--set", "steps=3", "--no-resume"]) == 0
+    log = [json.loads(x) for x in (tmp_path / "cli/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # started over
+
+
+def test_the_shapes_recipe_chains_its_stages():
+    recipe = {p.stem: load_stage_config(p) for p in sorted((ROOT / "configs/shapes").glob("*.yaml"))}
+    assert set(recipe) == {"teacher", "trajectories", "ode_init", "diffusion_forcing", "dmd_self_forcing",
+                           "dmd_causvid", "dmd_hiar"}
+    out = {name: cfg.output_dir for name, cfg in recipe.items()}
+    assert recipe["trajectories"].model.checkpoint == f"{out['teacher']}/model.safetensors"
+    assert recipe["ode_init"].trajectories == out["trajectories"]
+    assert recipe["ode_init"].model.checkpoint == f"{out['teacher']}/model.safetensors"
+    assert recipe["diffusion_forcing"].model.checkpoint == f"{out['ode_init']}/model.safetensors"
+    for name in ("dmd_self_forcing", "dmd_causvid", "dmd_hiar"):
+        assert recipe[name].model.checkpoint == f"{out['diffusion_forcing']}/model.safetensors"
+        assert recipe[name].teacher.checkpoint == f"{out['teacher']}/model.safetensors"
+        assert recipe[name].method == name[4:]
+    assert recipe["dmd_hiar"].fkl.weight == 0.1 and recipe["dmd_hiar"].fkl.trajectories == out["trajectories"]
+    assert recipe["dmd_hiar"].student.levels.tolist() == recipe["trajectories"].student.levels.tolist()
+    wan = load_stage_config(ROOT / "configs/wan/dmd_hiar.yaml")
+    assert wan.method == "hiar" and wan.data.kind == "prompts" and wan.fkl.weight == 0.1
+
+
+def test_recipe_teacher_config_runs_with_small_overrides(tmp_path):
+    over = {"output_dir": str(tmp_path / "t"), "steps": 1, "batch_size": 1, "data.num_frames": 3,
+            "data.shapes": {"height": 8, "width": 8}, "progress": False, "tensorboard": False}
+    summary = run_stage(load_stage_config(ROOT / "configs/shapes/teacher.yaml", over))
+    assert summary["end_step"] == 1 and (tmp_path / "t/model.safetensors").is_file()
