@@ -175,7 +175,9 @@ class TextContext:
         return TextContext(self.tokens.repeat(n, 1, 1), [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv])
 
 
-class SelfAttention(nn.Module):
+class _Attention(nn.Module):
+    """q/k/v/o projections with RMS-normed queries and keys (Wan's names)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -183,6 +185,8 @@ class SelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps)
         self.norm_k = WanRMSNorm(dim, eps)
 
+
+class SelfAttention(_Attention):
     def forward(self, x, pos: Positions, spec: AttentionSpec, cache: list[KVCache] | None, layer: int, write: tuple | None):
         B, L, _ = x.shape
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
@@ -237,14 +241,7 @@ def _gather_cache(caches: list[KVCache], layer: int, like: torch.Tensor):
     return torch.cat(ks), torch.cat(vs), torch.stack(fs)
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = WanRMSNorm(dim, eps)
-        self.norm_k = WanRMSNorm(dim, eps)
-
+class CrossAttention(_Attention):
     def project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.norm_k(self.k(tokens)).unflatten(-1, (self.num_heads, -1))
         v = self.v(tokens).unflatten(-1, (self.num_heads, -1))

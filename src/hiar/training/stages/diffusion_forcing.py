@@ -3,41 +3,20 @@ an independent noise level per block, under the block-causal mask."""
 
 from __future__ import annotations
 
-from hiar import schedule
-from hiar.attention import block_causal
-from hiar.training.data import make_source
-from hiar.training.objectives import flow_matching_loss, predict_velocity
-from hiar.training.stages.common import block_sigmas, drop_prompts, export_trainable, keyed_noise
-from hiar.training.trainer import Stage
+import torch
+
+from hiar.attention import AttentionSpec, block_causal
+from hiar.training.stages.common import block_sigmas
+from hiar.training.stages.teacher import FlowMatchingStage
 
 
-class DiffusionForcingStage(Stage):
+class DiffusionForcingStage(FlowMatchingStage):
     name = "diffusion_forcing"
+    role = "student"
 
-    def setup(self) -> None:
-        cfg, t = self.cfg, self.trainer
-        self.model = t.build_model(cfg.model, "student")
-        mc = self.model.cfg
-        self.source = make_source(cfg.data, text_dim=mc.text_dim, text_len=mc.text_len, device=t.device)
-        if not self.source.has_clips:
-            raise ValueError("diffusion forcing trains on clips: data.kind must be shapes or trajectories")
-        self.sigmas = cfg.noise.sampler()
-        self.attention = block_causal(cfg.student.block_frames)
-        t.add_trainable("model", self.model, cfg.optimizer, ema_decay=cfg.ema_decay, ema_start=cfg.ema_start)
+    def attention(self) -> AttentionSpec:
+        return block_causal(self.cfg.student.block_frames)
 
-    def step(self, step: int) -> dict[str, float]:
-        cfg, t = self.cfg, self.trainer
-        idx = t.indices(step)
-        x0, text, _ = self.source.batch(idx)
-        text = drop_prompts(text, cfg.prompt_dropout, cfg.seed, step, idx)
-        noise = keyed_noise(x0.shape[1:], cfg.seed, "noise", step, idx)
-        sigma = block_sigmas(self.sigmas, cfg.seed, "sigma", step, idx, x0.shape[2], cfg.student.block_frames)  # [B, F]
-        x0, noise, text = (v.to(t.device) for v in (x0, noise, text))
-        xt = schedule.add_noise(x0, noise, sigma)
-        with t.autocast():
-            velocity = predict_velocity(self.model, xt, sigma, text, self.attention)
-        loss = flow_matching_loss(velocity, x0, noise)
-        return {"loss": t.optimize("model", loss, step)}
-
-    def export(self) -> None:
-        export_trainable(self.trainer, "model")
+    def draw_sigmas(self, step: int, idx: list[int], num_frames: int) -> torch.Tensor:
+        """One level per block, ``[B, F]``."""
+        return block_sigmas(self.sigmas, self.cfg.seed, "sigma", step, idx, num_frames, self.cfg.student.block_frames)
