@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_forward.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) outputs
