@@ -147,6 +147,8 @@ def test_ema_known_answer():
     assert float(ema.model.weight) == 3.0
     with torch.no_grad():
         m.weight.fill_(13.0)
-    ema.update(m, step=1)  # 0.9 * 3 + 0.1 * 13
-    assert float(ema.model.weight) == pytest.approx(4.0)
+    ema.update(m, step=1)  # first averaged update: warm-up decay (1 + 0) / (10 + 0) = 0.1
+    assert float(ema.model.weight) == pytest.approx(0.1 * 3 + 0.9 * 13)
     assert not ema.model.weight.requires_grad
+    assert ema.decay_at(1 + 90) == pytest.approx(0.9)  # (1 + 90) / 100 > 0.9: the configured decay
+    assert ema.decay_at(1 + 8) == pytest.approx(9 / 18)

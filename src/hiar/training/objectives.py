@@ -160,6 +160,8 @@ class EMA:
     """Exponential moving average of a model's parameters (buffers copied), kept as a model.
 
     Before ``start`` updates the average simply tracks the weights (Self-Forcing's ``ema_start_step``).
+    From then on, update ``k`` (0-based) uses ``min(decay, (1 + k) / (10 + k))`` (diffusers'
+    ``EMAModel`` warm-up), so a short run's average is not dominated by its first weights.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, start: int = 0):
@@ -167,6 +169,10 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.start = float(decay), int(start)
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        k = step - self.start
+        return min(self.decay, (1 + k) / (10 + k))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
@@ -177,7 +183,8 @@ class EMA:
             for name, p in ema.items():
                 p.copy_(src[name])
         else:
+            decay = self.decay_at(step)
             for name, p in ema.items():
-                p.lerp_(src[name].to(p.dtype), 1.0 - self.decay)
+                p.lerp_(src[name].to(p.dtype), 1.0 - decay)
         for (name, b), (_, sb) in zip(self.model.named_buffers(), model.named_buffers()):
             b.copy_(sb)
