@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/hiar demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -x tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_forward.py
