@@ -79,7 +79,7 @@ def pipeline_stream(
             x = buf
         task = sampler.plan_cell(n, j, x, stage)
         with torch.no_grad():
-            (v,) = sampler._run([task], set())
+            (v,) = sampler.run_cells([task])
         x_next, x0_hat = sampler.finish_cell(task, v, x)
         sampler.queue_context(n, j, x_next, x0_hat, last=j == world - 1)
         if j < world - 1:

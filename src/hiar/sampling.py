@@ -285,7 +285,6 @@ class GridSampler:
         k = config.block_frames
         self.noise = NoiseBank(seeds, (C, k, H, W), device=model.device, dtype=model.dtype)
         self.batch = len(seeds)
-        self.levels = torch.tensor(config.levels, dtype=torch.float64)
         # CausVid's teacher forcing: clean context comes from data, not from the model.
         self.teacher_context = teacher_context
         if teacher_context is not None and config.context is not ContextRule.CLEAN:
@@ -397,7 +396,7 @@ class GridSampler:
                     state[n] = self.initial(n)
                 tasks.append(self.plan_cell(n, j, state[n], self.stage_for(j)))
             grad_cells = {(t.n, t.j) for t in tasks if grad and t.j == last_step - 1}
-            velocities = self._run(tasks, grad_cells)
+            velocities = self.run_cells(tasks, grad_cells)
             for task, v in zip(tasks, velocities):
                 n, j = task.n, task.j
                 x_next, x0_hat = self.finish_cell(task, v, state[n])
@@ -440,7 +439,7 @@ class GridSampler:
         for _, diag in itertools.groupby(order, key=lambda c: c[0] + c[1]):
             yield list(diag)
 
-    def _run(self, tasks: list[CellTask], grad_cells: set) -> list[torch.Tensor]:
+    def run_cells(self, tasks: list[CellTask], grad_cells: set = frozenset()) -> list[torch.Tensor]:
         """Model calls for a group of cells; returns each cell's velocity for its block."""
         k = self.cfg.block_frames
         if len(tasks) == 1 or not self.cfg.batched:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hiar.config import ConfigError
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("HIAR_DEBUG"):  # the full traceback, for bug reports
+            raise
         print(f"hiar {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
