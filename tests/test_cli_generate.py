@@ -73,3 +73,34 @@ def test_generation_streams_blocks_to_the_writer_and_stops_cleanly():
     with pytest.raises(KeyboardInterrupt):
         generate(model, world, PROMPT, num_frames=30, config=method_config("hiar"), writer=writer, progress=False)
     assert [b.shape[1] for b in writer.blocks] == [3, 3]
+
+
+def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hiar.cli.main", "generate", PROMPT, "--frames", "30000", "-o", str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        partial = tmp_path / "long.partial.mp4"
+        deadline = time.time() + 120
+        while not partial.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert partial.exists(), proc.stderr.read() if proc.poll() is not None else "no frames written in time"
+        time.sleep(1.0)  # a few more blocks
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    frames = read_video(out, native=True)
+    assert 3 <= frames.shape[0] < 30000 and frames.shape[0] % 3 == 0  # whole blocks only
+    assert not (tmp_path / "long.partial.mp4").exists()
