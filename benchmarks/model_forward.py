@@ -56,6 +56,7 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--allow-slow-cpu", action="store_true", help="time a full-size preset on the CPU anyway (hours)")
     return p.parse_args(argv)
 
 
@@ -105,11 +106,14 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name(device)
 
-    if not device_available(device):
+    # The 1.3B model on a CPU would take hours per call: build it, count it, time nothing.
+    too_slow = device.type == "cpu" and cfg.dim >= 1024 and not args.allow_slow_cpu
+    if not device_available(device) or too_slow:
         with torch.device("meta"):
             model = WanModel(cfg)
         report["params"] = count_parameters(model)
-        report["note"] = f"device {device} not available: built on the meta device only, nothing timed"
+        why = "not available" if not device_available(device) else "too slow for this size (--allow-slow-cpu to time anyway)"
+        report["note"] = f"device {device} {why}: built on the meta device only, nothing timed"
         print(f"{args.preset}: {report['params'] / 1e9:.3f} B parameters ({report['params']:,}); {report['note']}")
         write(args, report)
         return report

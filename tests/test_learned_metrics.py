@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hiar.eval.drift import DriftConfig, DriftSuite
-from hiar.eval.learned import (LPIPS, ClipIQA, DinoV2Features, MetricUnavailableError, Musiq, WeightMismatchError,
-                               load_weight_file)
+from hiar.eval.learned import LPIPS, ClipIQA, DinoV2Features, Musiq, WeightMismatchError, load_weight_file
+from hiar.eval.musiq import MusiqNet, hashed_grid_cells
 
 from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, PreTrainedTokenizerFast
 
@@ -207,35 +207,79 @@ def test_weight_files_are_never_unpickled_freely(tmp_path):
 
 
 # ------------------------------------------------------------------------------ MUSIQ
-def _pyiqa_importable() -> bool:
-    try:
-        import pyiqa  # noqa: F401
-    except Exception:
-        return False
-    return True
+TINY_MUSIQ = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
 
 
-def test_musiq_through_pyiqa_or_a_clear_error(tmp_path):
+@pytest.fixture(scope="module")
+def musiq_file(tmp_path_factory):
+    """Random weights of a tiny configuration of the real network, saved as pyiqa saves them."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("musiq") / "musiq_tiny.pth"
+    torch.save(MusiqNet(**TINY_MUSIQ).state_dict(), path)
+    return path
+
+
+def test_musiq_has_pyiqas_parameter_layout():
+    state = MusiqNet().state_dict()  # the released configuration
+    assert state["embedding.weight"].shape == (384, 256 * 8 * 8)
+    assert state["transformer_encoder.posembed_input.position_emb"].shape == (1, 100, 384)
+    assert state["transformer_encoder.scaleembed_input.scale_emb"].shape == (3, 384)
+    assert state["transformer_encoder.transformer.encoderblock_13.attention.query.weight"].shape == (384, 384)
+    assert state["block1.conv_proj.weight"].shape == (256, 64, 1, 1) and state["head.weight"].shape == (1, 384)
+    assert sum(v.numel() for v in state.values()) == 27_125_825
+    assert {"head.0.weight", "head.0.bias"} <= set(MusiqNet(num_class=10, **TINY_MUSIQ).state_dict())
+
+
+def test_musiq_hashed_positions_cover_the_grid():
+    assert hashed_grid_cells(1, 1, 10).tolist() == [0]
+    cells = hashed_grid_cells(7, 12, 10).view(7, 12)
+    # torch's "nearest" rule, floor(i * G / n), per axis (as pyiqa); row-major cell = row * G + col
+    assert (cells[:, 0] // 10).tolist() == [0, 1, 2, 4, 5, 7, 8]
+    assert (cells[0] % 10).tolist() == [0, 0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
+    assert hashed_grid_cells(20, 20, 10).view(20, 20)[::2, ::2].flatten().tolist() == list(range(100))
+
+
+def test_musiq_runs_on_a_tiny_random_network(musiq_file):
+    musiq = Musiq.from_file(musiq_file, **TINY_MUSIQ)
+    assert torch.equal(musiq.net.embedding.weight, torch.load(musiq_file, weights_only=True)["embedding.weight"])
+    x = _frames(3, size=40)
+    scores = musiq.score(x)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    assert torch.equal(scores, musiq.score(x))  # deterministic
+    assert not torch.allclose(scores, scores[:1].expand(3))  # depends on the frame
+    # per-frame: a frame's score does not depend on the frames batched with it
+    assert torch.allclose(musiq.score(x[1:2]), scores[1:2], atol=1e-5)
+    wide = musiq.score(torch.rand(2, 3, 48, 80, generator=torch.Generator().manual_seed(1)))
+    assert wide.shape == (2,) and torch.isfinite(wide).all()  # any size and aspect ratio
+    assert musiq.backend.startswith("musiq (own torch network")
+
+
+def test_musiq_ava_head_gives_a_mean_opinion_score(tmp_path):
+    torch.manual_seed(0)
+    torch.save(MusiqNet(num_class=10, **TINY_MUSIQ).state_dict(), tmp_path / "ava.pth")
+    musiq = Musiq.from_file(tmp_path / "ava.pth", **TINY_MUSIQ)  # the 10-bin head is read from the file
+    assert musiq.net.num_class == 10
+    scores = musiq.score(_frames(2))
+    assert ((scores >= 1) & (scores <= 10)).all()
+
+
+def test_musiq_loader_refuses_missing_and_mismatched(musiq_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="musiq.pth"):
         Musiq.from_file(tmp_path / "musiq.pth")
-    torch.save({"head.weight": torch.zeros(1, 32), "head.bias": torch.zeros(1)}, tmp_path / "musiq.pth")
-    if not _pyiqa_importable():
-        # The usual case here: pyiqa needs a torchvision built for this exact torch.
-        with pytest.raises(MetricUnavailableError, match="pyiqa.*torchvision"):
-            Musiq.from_file(tmp_path / "musiq.pth")
-        return
-    import pyiqa
-
-    arch = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
-    tiny = pyiqa.create_metric("musiq", device="cpu", pretrained=False, **arch)
-    torch.save(tiny.net.state_dict(), tmp_path / "musiq.pth")
-    musiq = Musiq.from_file(tmp_path / "musiq.pth", **arch)
-    assert musiq.score(_frames(2)).shape == (2,)
-    state = tiny.net.state_dict()
-    state.pop("head.bias")
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(WeightMismatchError, match="missing keys: head.bias"):
-        Musiq.from_file(tmp_path / "bad.pth", **arch)
+    state = torch.load(musiq_file, weights_only=True)
+    bad = dict(state)
+    del bad["transformer_encoder.encoder_norm.bias"]
+    bad["transformer_encoder.extra"] = torch.zeros(1)
+    bad["transformer_encoder.scaleembed_input.scale_emb"] = torch.zeros(4, 32)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightMismatchError) as err:
+        Musiq.from_file(tmp_path / "bad.pth", **TINY_MUSIQ)
+    message = str(err.value)
+    assert "missing keys: transformer_encoder.encoder_norm.bias" in message
+    assert "unexpected keys: transformer_encoder.extra" in message
+    assert "transformer_encoder.scaleembed_input.scale_emb (file (4, 32) vs model (3, 32))" in message
+    with pytest.raises(WeightMismatchError, match="shape mismatches: .*embedding.weight"):
+        Musiq.from_file(musiq_file)  # tiny weights into the released configuration
 
 
 # ------------------------------------------------------------------------------ in the drift suite

@@ -27,7 +27,7 @@ def register(sub) -> None:
                                      "Learned metrics run when their local weights are given; weight-free stand-ins otherwise.")
     d.add_argument("videos", nargs="+", help="mp4 files, or folders of mp4 files (one folder = one method)")
     d.add_argument("--segments", type=int, default=5, help="number of segments (default 5)")
-    d.add_argument("--musiq", metavar="FILE", help="pyiqa MUSIQ weights (.pth/.safetensors); needs pyiqa importable")
+    d.add_argument("--musiq", metavar="FILE", help="MUSIQ weights: pyiqa's released .pth (or .safetensors), run by hiar's own network")
     d.add_argument("--clip-iqa", metavar="DIR", help="local CLIP model folder for CLIP-IQA (config, weights, tokenizer)")
     d.add_argument("--dinov2", metavar="DIR", help="local DINOv2 model folder (e.g. dinov2-small)")
     d.add_argument("--lpips", metavar="FILE", help="lpips v0.1 linear-layer weights (alex.pth / vgg.pth)")

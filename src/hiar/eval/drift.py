@@ -71,7 +71,7 @@ STANDIN_DEFINITIONS: dict[str, MetricDefinition] = {
                                         description="mean |frame[t+1] - frame[t]| on [0, 1] pixels"),
 }
 LEARNED_DEFINITIONS: dict[str, MetricDefinition] = {
-    "quality_musiq": MetricDefinition("quality_musiq", "musiq (pyiqa)", True, 2.0, "decrease",
+    "quality_musiq": MetricDefinition("quality_musiq", "musiq", True, 2.0, "decrease",
                                       description="MUSIQ score (KonIQ head, ~0-100), per frame"),
     "quality_clipiqa": MetricDefinition("quality_clipiqa", "clip-iqa (transformers CLIP)", True, 0.02, "decrease",
                                         description="CLIP-IQA 'Good photo.'/'Bad photo.' probability, per frame"),
@@ -123,7 +123,7 @@ class DriftConfig:
     """Which learned backends to load (local paths; None -> stand-in) and how to split the video."""
 
     segments: int = 5
-    musiq: str | None = None  # pyiqa MUSIQ .pth/.safetensors file
+    musiq: str | None = None  # MUSIQ weights (pyiqa's released .pth or .safetensors)
     clip_iqa: str | None = None  # local CLIP model folder (config.json, weights, tokenizer)
     dinov2: str | None = None  # local DINOv2 model folder
     lpips: str | None = None  # lpips v0.1 linear-layer file (alex.pth / vgg.pth)

@@ -7,7 +7,7 @@ DINOv2         ``transformers.Dinov2Model``; CLS feature (``pooler_output``)    
 CLIP-IQA       ``transformers.CLIPModel`` + its tokenizer; antonym prompt pairs        a local HF model folder
 LPIPS          own torch AlexNet/VGG16 with torchvision's parameter names + the        two files: backbone, lins
                lpips v0.1 linear layers (``lin0.model.1.weight`` ...)
-MUSIQ          pyiqa's ``MUSIQ`` architecture (only when pyiqa imports)                pyiqa's ``.pth`` file
+MUSIQ          own torch network (``hiar.eval.musiq``), pyiqa's parameter names        pyiqa's ``.pth`` file
 =============  =====================================================================  ==========================
 
 Every loader raises :class:`FileNotFoundError` naming the path when it is missing, and
@@ -36,7 +36,7 @@ class WeightMismatchError(ValueError):
 
 
 class MetricUnavailableError(ValueError):
-    """A metric's backend cannot run here (e.g. pyiqa cannot be imported)."""
+    """A metric's backend cannot run in this environment."""
 
 
 # --------------------------------------------------------------------------------- weight files
@@ -350,42 +350,35 @@ class LPIPS(nn.Module):
 
 
 # --------------------------------------------------------------------------------- MUSIQ
-def import_pyiqa():
-    """Import pyiqa or raise :class:`MetricUnavailableError` saying why (usually torchvision)."""
-    try:
-        import pyiqa  # noqa: F401
-    except Exception as err:  # ImportError, or RuntimeError from a torchvision built for another torch
-        raise MetricUnavailableError(
-            f"MUSIQ needs pyiqa, which cannot be imported here: {type(err).__name__}: {err}. "
-            "pyiqa requires torchvision, and PyPI's torchvision only works with the torch it was built "
-            "for (e.g. torch 2.14.1 with torchvision 0.29.1); drop --musiq to use the weight-free "
-            "stand-in, or run in an environment where 'import pyiqa' works"
-        ) from None
-    return pyiqa
-
-
 class Musiq:
-    """MUSIQ (Ke et al., 2021) through pyiqa's architecture, with weights read by this loader
-    (``torch.load(weights_only=True)`` and a strict key check -- pyiqa's own loader unpickles
-    freely). Scores: about 0-100 for the KonIQ/SPAQ/PaQ-2-PiQ heads (1 output), 1-10 for AVA (10)."""
+    """MUSIQ (Ke et al., 2021) on hiar's own network (:class:`hiar.eval.musiq.MusiqNet`), whose
+    parameter names and shapes are pyiqa's, so pyiqa's released ``musiq_*_ckpt-*.pth`` files load
+    (read with ``torch.load(weights_only=True)`` and a strict key check). pyiqa itself is not used.
+    Scores: about 0-100 for the KonIQ/SPAQ/PaQ-2-PiQ heads (1 output), 1-10 for AVA (10 bins)."""
 
-    backend = "musiq (pyiqa)"
+    backend = "musiq (own torch network, pyiqa weights)"
 
-    def __init__(self, metric):
-        self.metric = metric
+    def __init__(self, net: nn.Module, batch_size: int = 8):
+        self.net, self.batch_size = net.eval().requires_grad_(False), batch_size
+        self.device = next(net.parameters()).device
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", **arch) -> "Musiq":
+        """Weights from a pyiqa MUSIQ file. The head's size is read from the file (``head.weight``:
+        one output, ``head.0.weight``: a distribution); other ``arch`` arguments go to
+        :class:`~hiar.eval.musiq.MusiqNet` (defaults: the released models' configuration)."""
+        from hiar.eval.musiq import MusiqNet
+
         state = load_weight_file(path)  # FileNotFoundError before anything else
-        pyiqa = import_pyiqa()
-        head = state.get("head.weight")
-        if head is not None and "num_class" not in arch:
+        head = state.get("head.weight", state.get("head.0.weight"))
+        if head is not None and head.dim() == 2 and "num_class" not in arch:
             arch["num_class"] = int(head.shape[0])
-        metric = pyiqa.create_metric("musiq", device=torch.device(device), pretrained=False, **arch)
-        load_checked(metric.net, state, f"MUSIQ weight file {path}")
-        metric.net.eval()
-        return cls(metric)
+        net = MusiqNet(**arch)
+        load_checked(net, state, f"MUSIQ weight file {path}")
+        return cls(net.to(device))
 
     @torch.no_grad()
     def score(self, frames: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.metric(f[None].float()).reshape(-1).cpu() for f in frames])
+        """One score per frame: ``[N]`` for frames ``[N, 3, H, W]`` in [0, 1]."""
+        return torch.cat([self.net(chunk.to(self.device).float()).float().cpu()
+                          for chunk in frames.split(self.batch_size)])
