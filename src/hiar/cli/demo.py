@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if bundled_checkpoint("shapes-hiar") is None:
-        print("demo: no trained shapes model is bundled yet (the training issue ships it); "
-              "running the real sampler with random weights, so expect noise, not shapes.", file=sys.stderr)
+        print("demo: no trained shapes model is bundled yet (train one with the recipe in docs/training.md and copy it "
+              "to src/hiar/assets/shapes-hiar.safetensors); running the real sampler with random weights, "
+              "so expect noise, not shapes.", file=sys.stderr)
     gen_args = gen_cli_parser().parse_args(["generate", DEMO_PROMPT, "-o", args.output, "--frames", str(args.frames)])
     return gen_args.func(gen_args)
 
