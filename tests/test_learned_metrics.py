@@ -106,7 +106,7 @@ def test_dinov2_loader_refuses_missing_and_mismatched(dino_dir, clip_dir, tmp_pa
     cfg.update(hidden_size=48, intermediate_size=96)
     (bad / "config.json").write_text(json.dumps(cfg))
     (bad / "model.safetensors").write_bytes((dino_dir / "model.safetensors").read_bytes())
-    with pytest.raises(WeightMismatchError, match=r"shape mismatches: .*\(file \(.*32.*\) vs model \(.*48"):
+    with pytest.raises(WeightMismatchError, match=r"shape mismatch\(es\): .*\(file \[.*32.*\] vs model \[.*48"):
         DinoV2Features.from_pretrained(bad)
     # a missing and an unexpected key
     cfg["hidden_size"], cfg["intermediate_size"] = 32, 64
@@ -117,7 +117,7 @@ def test_dinov2_loader_refuses_missing_and_mismatched(dino_dir, clip_dir, tmp_pa
     save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(WeightMismatchError) as err:
         DinoV2Features.from_pretrained(bad)
-    assert "missing keys: layernorm.weight" in str(err.value) and "unexpected keys: extra.weight" in str(err.value)
+    assert "1 missing key(s): layernorm.weight" in str(err.value) and "1 unexpected key(s): extra.weight" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ CLIP-IQA
@@ -182,9 +182,9 @@ def test_lpips_loader_refuses_missing_and_mismatched(lpips_files, tmp_path):
     with pytest.raises(WeightMismatchError) as err:
         LPIPS.from_files(tmp_path / "wrong.pth", backbone)
     message = str(err.value)
-    assert "missing keys: lin4.model.1.weight" in message
-    assert "unexpected keys: lin5.model.1.weight" in message
-    assert "lin0.model.1.weight (file (1, 32, 1, 1) vs model (1, 64, 1, 1))" in message
+    assert "missing key(s): lin4.model.1.weight" in message
+    assert "unexpected key(s): lin5.model.1.weight" in message
+    assert "lin0.model.1.weight (file [1, 32, 1, 1] vs model [1, 64, 1, 1])" in message
     with pytest.raises(WeightMismatchError, match="features"):
         LPIPS.from_files(lin, backbone, net="vgg")  # AlexNet weights for VGG
     save_file({k: v.contiguous() for k, v in lins.items()}, str(tmp_path / "lins.safetensors"))
@@ -275,10 +275,10 @@ def test_musiq_loader_refuses_missing_and_mismatched(musiq_file, tmp_path):
     with pytest.raises(WeightMismatchError) as err:
         Musiq.from_file(tmp_path / "bad.pth", **TINY_MUSIQ)
     message = str(err.value)
-    assert "missing keys: transformer_encoder.encoder_norm.bias" in message
-    assert "unexpected keys: transformer_encoder.extra" in message
-    assert "transformer_encoder.scaleembed_input.scale_emb (file (4, 32) vs model (3, 32))" in message
-    with pytest.raises(WeightMismatchError, match="shape mismatches: .*embedding.weight"):
+    assert "missing key(s): transformer_encoder.encoder_norm.bias" in message
+    assert "unexpected key(s): transformer_encoder.extra" in message
+    assert "transformer_encoder.scaleembed_input.scale_emb (file [4, 32] vs model [3, 32])" in message
+    with pytest.raises(WeightMismatchError, match=r"shape mismatch\(es\): .*embedding.weight"):
         Musiq.from_file(musiq_file)  # tiny weights into the released configuration
 
 

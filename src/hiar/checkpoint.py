@@ -473,16 +473,27 @@ def check_state_dict(expected: torch.nn.Module | Mapping[str, torch.Tensor], sta
     }
     if not (missing or unexpected or mismatched):
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s): {_listing(missing, limit)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected, limit)}")
-    if mismatched:
-        shown = [f"{k} (checkpoint {list(a)} vs model {list(b)})" for k, (a, b) in mismatched.items()]
-        parts.append(f"{len(mismatched)} shape mismatch(es): {_listing(shown, limit)}")
+    parts = key_problems(missing, unexpected, mismatched, limit=limit, found_in="checkpoint")
     raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts),
                           missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def key_problems(missing, unexpected, mismatched: Mapping[str, tuple], *, limit: int = 10,
+                 found_in: str = "checkpoint") -> list[str]:
+    """Readable lines for a state dict that does not fit: counts, then the first ``limit`` keys.
+
+    ``mismatched`` maps a key to (shape in the file, shape in the model). Shared by every loader
+    (transformer checkpoints here, metric networks in :mod:`hiar.eval.learned`).
+    """
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listing(sorted(missing), limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(sorted(unexpected), limit)}")
+    if mismatched:
+        shown = [f"{k} ({found_in} {list(a)} vs model {list(b)})" for k, (a, b) in sorted(mismatched.items())]
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_listing(shown, limit)}")
+    return parts
 
 
 def load_weights(model: WanModel, source: str | os.PathLike | Mapping[str, torch.Tensor], *, which: str = "auto") -> WanModel:

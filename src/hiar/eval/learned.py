@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hiar.checkpoint import key_problems
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,21 +68,9 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _describe(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def mismatch_message(what: str, missing=(), unexpected=(), mismatched=()) -> str | None:
     """One readable message listing the key problems, or None when there are none."""
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {_describe(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {_describe(unexpected)}")
-    if mismatched:
-        parts.append("shape mismatches: " + _describe([f"{k} (file {tuple(a)} vs model {tuple(b)})" for k, a, b in mismatched]))
+    parts = key_problems(list(missing), list(unexpected), {k: (a, b) for k, a, b in mismatched}, limit=12, found_in="file")
     return f"{what} does not fit the network -- " + "; ".join(parts) if parts else None
 
 
