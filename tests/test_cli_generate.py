@@ -102,5 +102,5 @@ def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
     assert proc.returncode == 130
     assert "interrupted" in err
     frames = read_video(out, native=True)
-    assert 3 <= frames.shape[0] < 30000 and frames.shape[0] % 3 == 0  # whole blocks only
+    assert 3 <= frames.shape[0] < 30000  # the Ctrl-C may land mid-block: every frame encoded is kept
     assert not (tmp_path / "long.partial.mp4").exists()
