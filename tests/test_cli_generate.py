@@ -104,3 +104,36 @@ def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
     frames = read_video(out, native=True)
     assert 3 <= frames.shape[0] < 30000  # the Ctrl-C may land mid-block: every frame encoded is kept
     assert not (tmp_path / "long.partial.mp4").exists()
+
+
+class FourToOneCodec:
+    """A stand-in for Wan's causal VAE: 1 + 4 (F - 1) pixel frames from F latent frames."""
+
+    latent_channels, temporal_factor, spatial_factor = 4, 4, 2
+
+    def encode(self, frames):
+        raise NotImplementedError
+
+    def decode(self, latents):
+        self.calls = getattr(self, "calls", 0) + 1
+        first, rest = latents[:, :3, :1], latents[:, :3, 1:]
+        pixels = torch.cat([first, rest.repeat_interleave(4, dim=2)], dim=2)
+        return pixels.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4).tanh()
+
+
+def test_codecs_that_mix_frames_decode_once_at_the_end():
+    from hiar.generate import World, latent_frames
+
+    class Text:
+        dim, max_len = 16, 8
+
+        def encode(self, prompts):
+            return torch.ones(len(prompts), 8, 16)
+
+    codec = FourToOneCodec()
+    world = World("fake-wan", codec, Text(), height=16, width=16, fps=16)
+    assert latent_frames(33, codec) == 9  # 1 + 4 * 8
+    video, report = generate(tiny_model(), world, "anything", num_frames=33, config=method_config("hiar"), progress=False)
+    assert video.shape == (3, 33, 16, 16)
+    assert codec.calls == 1
+    assert report.blocks == 3  # 9 latent frames = 3 blocks of 3
