@@ -9,6 +9,7 @@ leaves a playable file of what was made.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -95,6 +96,60 @@ def load_shapes_model(checkpoint: str | None, device: str = "cpu") -> tuple[WanM
     return build_model("toy", device=device).eval(), "random weights (no trained shapes model is bundled yet)"
 
 
+def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int) -> int:
+    """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames."""
+    return math.ceil(latent_frames(num_frames, codec) / block_frames)
+
+
+def write_blocks(
+    blocks: Iterable[tuple[int, torch.Tensor]],
+    world: World,
+    num_frames: int,
+    *,
+    writer=None,
+    progress: bool = True,
+    status: Callable[[], str] | None = None,
+) -> torch.Tensor | None:
+    """Decode latent blocks ``(n, [1, C, k, h, w])`` and hand the pixels to ``writer`` as they come.
+
+    Codecs that mix frames across blocks (Wan's causal VAE) are decoded once, at the end. The last
+    block may overshoot: the video is cut to ``num_frames``. Also on Ctrl-C, what is final is
+    decoded and written before the caller closes the writer. Returns the pixels ``[3, F, H, W]``
+    in [-1, 1] when no writer is given, else None.
+    """
+    from tqdm.auto import tqdm
+
+    streaming = world.codec.temporal_factor == 1
+    kept: list[torch.Tensor] = []
+    written = 0
+    bar = tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress)
+
+    def emit(latents: torch.Tensor) -> None:
+        nonlocal written
+        pixels = world.codec.decode(latents.float())[0].clamp(-1, 1).cpu()[:, : num_frames - written]
+        written += pixels.shape[1]
+        if writer is not None:
+            writer.write(pixels)
+        else:
+            kept.append(pixels)
+        bar.update(pixels.shape[1])
+
+    latents = []
+    try:
+        for _n, block in blocks:
+            if streaming:
+                emit(block)
+            else:
+                latents.append(block)
+            if status is not None:
+                bar.set_postfix(fps=status())
+    finally:
+        if latents:
+            emit(torch.cat(latents, dim=2))
+        bar.close()
+    return torch.cat(kept, dim=1) if kept else None
+
+
 def generate(
     model: WanModel,
     world: World,
@@ -106,45 +161,14 @@ def generate(
     writer=None,
     progress: bool = True,
 ) -> tuple[torch.Tensor | None, GridReport]:
-    """Generate ``num_frames`` video frames for ``prompt``.
+    """Generate ``num_frames`` video frames for ``prompt`` (see :func:`write_blocks`).
 
-    Each block is decoded and handed to ``writer.write`` as soon as it is final (codecs that mix
-    frames across blocks, like Wan's causal VAE, are decoded once at the end). Returns the pixel
-    video ``[3, F, H, W]`` in [-1, 1] when no writer is given (else None) and the sampler's report.
+    Returns the pixel video ``[3, F, H, W]`` in [-1, 1] when no writer is given (else None) and
+    the sampler's report.
     """
-    from tqdm.auto import tqdm
-
     text = world.text_encoder.encode([prompt]).to(model.device, model.dtype)
-    k = config.block_frames
-    n_latent = latent_frames(num_frames, world.codec)
-    num_blocks = math.ceil(n_latent / k)
     sampler = GridSampler(model, config, text, seeds=[seed], latent_shape=world.latent_shape)
-    streaming = world.codec.temporal_factor == 1
-    kept: list[torch.Tensor] = []
-    written = 0
-    bar = tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress)
-
-    def emit(pixels: torch.Tensor) -> None:
-        nonlocal written
-        pixels = pixels[:, : num_frames - written]  # [3, F, H, W]; the last block may overshoot
-        written += pixels.shape[1]
-        if writer is not None:
-            writer.write(pixels)
-        else:
-            kept.append(pixels)
-        bar.update(pixels.shape[1])
-
-    try:
-        latents = []
-        for _n, block in sampler.stream(num_blocks):
-            if streaming:
-                emit(world.codec.decode(block.float())[0].clamp(-1, 1).cpu())
-            else:
-                latents.append(block)
-            bar.set_postfix(fps=f"{sampler.report.frames_per_s:.1f}")
-    finally:
-        # Also on Ctrl-C: what is final gets decoded and written before the writer closes.
-        if not streaming and latents:
-            emit(world.codec.decode(torch.cat(latents, dim=2).float())[0].clamp(-1, 1).cpu())
-        bar.close()
-    return (torch.cat(kept, dim=1) if kept else None), sampler.report
+    blocks = sampler.stream(num_blocks_for(num_frames, world.codec, config.block_frames))
+    video = write_blocks(blocks, world, num_frames, writer=writer, progress=progress,
+                         status=lambda: f"{sampler.report.frames_per_s:.1f}")
+    return video, sampler.report

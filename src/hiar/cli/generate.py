@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from hiar.generate import METHODS, generate, latent_frames, load_shapes_model, method_config, shapes_world, wan_world
+from hiar.generate import (
+    METHODS, generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
+)
 from hiar.sampling import ContextRule, Order, Transition
 
 
@@ -110,19 +112,15 @@ def _run_as_torchrun_rank(args, model, world, config, frames, out) -> int:
         model = model.to(f"cuda:{torch.cuda.current_device()}")
     try:
         text = world.text_encoder.encode([args.prompt]).to(model.device, model.dtype)
-        n_blocks = -(-latent_frames(frames, world.codec) // config.block_frames)
+        n_blocks = num_blocks_for(frames, world.codec, config.block_frames)
         blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks)
         if rank != world_size - 1:
             for _ in blocks:  # the other ranks yield nothing
                 pass
             return 0
-        written = 0
         with VideoWriter(out, fps=world.fps) as writer:
-            for _n, block in blocks:
-                pixels = world.codec.decode(block.float())[0].clamp(-1, 1).cpu()[:, : frames - written]
-                writer.write(pixels)
-                written += pixels.shape[1]
-        print(f"rank {rank}: wrote {out}: {written} frames", file=sys.stderr)
+            write_blocks(blocks, world, frames, writer=writer, progress=not args.quiet)
+        print(f"rank {rank}: wrote {out}: {writer.frames_written} frames", file=sys.stderr)
         return 0
     finally:
         dist.destroy_process_group()
@@ -132,18 +130,18 @@ def _spawn_ranks(args, model, world, config, frames, out) -> int:
     """Spawn one rank per step; the video is written when the ranks are done."""
     from hiar.checkpoint import save_model
     from hiar.pipeline import PipelineJob, spawn_pipeline_timed
-    from hiar.video import write_video
+    from hiar.video import VideoWriter
     import tempfile
 
     text = world.text_encoder.encode([args.prompt])
-    n_blocks = -(-latent_frames(frames, world.codec) // config.block_frames)
+    n_blocks = num_blocks_for(frames, world.codec, config.block_frames)
     with tempfile.TemporaryDirectory(prefix="hiar-gen-") as tmp:
         weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
         job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, text, [args.seed],
                           world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps))
         result = spawn_pipeline_timed(job)
-    video = world.codec.decode(result.video.float())[0].clamp(-1, 1)[:, :frames]
-    write_video(out, video, fps=world.fps)
+    with VideoWriter(out, fps=world.fps) as writer:
+        write_blocks([(0, result.video)], world, frames, writer=writer, progress=False)
     print(f"wrote {out}: {frames} frames over {config.num_steps} processes, "
           f"{frames / result.wall_s:.1f} frames/s, first block after {result.first_block_latency_s:.3f} s", file=sys.stderr)
     return 0
