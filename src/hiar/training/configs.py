@@ -105,22 +105,9 @@ class StudentSection:
         return schedule.student_levels(self.timesteps, self.shift)
 
 
-@dataclass
-class NoiseSection:
-    """Training noise levels (see :class:`~hiar.training.objectives.SigmaSampler`)."""
-
-    kind: Literal["uniform", "logit_normal"] = "uniform"
-    shift: float = 3.0
-    min_t: float = 0.0
-    max_t: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self):
-        self.sampler()
-
-    def sampler(self) -> SigmaSampler:
-        return SigmaSampler(self.kind, self.shift, self.min_t, self.max_t, self.mean, self.std)
+def training_noise() -> SigmaSampler:
+    """Flow-matching training levels: t ~ U[0, 1], shift 3 (the sampler validates any YAML section)."""
+    return SigmaSampler(shift=3.0)
 
 
 @dataclass
@@ -167,7 +154,7 @@ class TeacherConfig(TrainConfig):
 
     stage: str = "teacher"
     prompt_dropout: float = 0.1
-    noise: NoiseSection = field(default_factory=NoiseSection)
+    noise: SigmaSampler = field(default_factory=training_noise)
 
     def __post_init__(self):
         super().__post_init__()
@@ -214,7 +201,7 @@ class DiffusionForcingConfig(TrainConfig):
 
     stage: str = "diffusion_forcing"
     student: StudentSection = field(default_factory=StudentSection)
-    noise: NoiseSection = field(default_factory=NoiseSection)
+    noise: SigmaSampler = field(default_factory=training_noise)
     prompt_dropout: float = 0.0
 
 
@@ -249,7 +236,7 @@ class DmdConfig(TrainConfig):
     critic_optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     critic_updates_per_generator: int = 5
     real_guidance: float = 3.0  # Self-Forcing's convention: real = cond + g (cond - uncond)
-    score_noise: NoiseSection = field(default_factory=lambda: NoiseSection(shift=5.0, min_t=0.02, max_t=0.98))
+    score_noise: SigmaSampler = field(default_factory=lambda: SigmaSampler(shift=5.0, min_t=0.02, max_t=0.98))
     fkl: FklSection = field(default_factory=FklSection)
 
     def __post_init__(self):

@@ -38,7 +38,7 @@ class DmdStage(Stage):
         self.sampler = rollout_config(cfg.method, self.levels, block_frames=st.block_frames, transition=st.transition,
                                       order=cfg.order)
         self.num_blocks = cfg.data.num_frames // st.block_frames
-        self.score_sigmas = cfg.score_noise.sampler()
+        self.score_sigmas = cfg.score_noise
         self.fkl_data = None
         if cfg.fkl.weight > 0:
             if cfg.fkl.num_levels > self.S:

@@ -35,7 +35,7 @@ class FlowMatchingStage(Stage):
         self.source = make_source(cfg.data, text_dim=mc.text_dim, text_len=mc.text_len, device=t.device)
         if not self.source.has_clips:
             raise ValueError(f"the {self.name} stage trains on clips: data.kind must be shapes or trajectories")
-        self.sigmas = cfg.noise.sampler()
+        self.sigmas = cfg.noise
         t.add_trainable("model", self.model, cfg.optimizer, ema_decay=cfg.ema_decay, ema_start=cfg.ema_start)
 
     def step(self, step: int) -> dict[str, float]:
