@@ -133,11 +133,17 @@ class KVCache:
                 slots.append(-1)  # a window of one block keeps no context
         return slots
 
+    def _frames_needed(self, slots: list[int]) -> int:
+        """Frame slots the buffers must have: the fixed capacity, or (unbounded) up to the last slot."""
+        if self.spec.cache_frames is not None:
+            return self.spec.cache_frames
+        return max(slots, default=-1) + 1
+
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: list[int], tokens_per_frame: int) -> None:
         """Write ``k``/``v`` ([B, len(slots) * T, H, D]) of one layer into ``slots``."""
         T = tokens_per_frame
         k, v = k.detach(), v.detach()
-        total = self.spec.cache_frames if self.spec.cache_frames is not None else max(slots, default=-1) + 1
+        total = self._frames_needed(slots)
         if self.k[layer] is None or self.k[layer].shape[1] < total * T:
             shape = (k.shape[0], total * T, *k.shape[2:])
             new_k, new_v = k.new_zeros(shape), v.new_zeros(shape)
@@ -154,9 +160,7 @@ class KVCache:
     def commit(self, frames: list[int], slots: list[int], tokens_per_frame: int) -> None:
         """Record that ``frames`` now live in ``slots`` (after every layer stored them)."""
         self.tokens_per_frame = tokens_per_frame
-        need = max([s + 1 for s in slots if s >= 0], default=0)
-        if self.spec.cache_frames is not None:
-            need = self.spec.cache_frames
+        need = self._frames_needed(slots)
         if len(self.slot_frames) < need:
             self.slot_frames = torch.cat([self.slot_frames, torch.full((need - len(self.slot_frames),), -1, dtype=torch.long)])
         for f, s in zip(frames, slots):
