@@ -104,3 +104,25 @@ def test_rollout_gradients_do_not_change_with_activation_checkpointing():
         grads.append([p.grad.clone() for p in gen.parameters()])
         assert gen.gradient_checkpointing == flag  # restored
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def _rollout_grads(method, exit_step, *, fused, batched=False):
+    import dataclasses
+
+    gen = tiny_model(5).double().train()
+    cfg = dataclasses.replace(rollout_config(method, LEVELS, block_frames=K), fused=fused, batched=batched)
+    x = self_rollout(gen, cfg, text().double(), seeds=[11], latent_shape=SHAPE, num_blocks=3,
+                     exit_step=exit_step, grad=True)
+    (x * torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view_as(x)).sum().backward()
+    return x.detach(), torch.cat([p.grad.flatten() for p in gen.parameters()])
+
+
+@pytest.mark.parametrize("method,exit_step", [("hiar", e) for e in (1, 2, 3, 4)] + [("self_forcing", 1), ("self_forcing", 2)])
+def test_fused_rollout_gradient_equals_the_reference_with_context_written_without_grad(method, exit_step):
+    """The context is a constant (paper Sec. 3.3; released code writes it under no_grad): a fused
+    [context, block] exit-step call must not send gradient through the context rows."""
+    reference = _rollout_grads(method, exit_step, fused=False)  # every context write is its own no-grad call
+    for kwargs in ({"fused": True}, {"fused": True, "batched": method == "hiar"}):
+        x, g = _rollout_grads(method, exit_step, **kwargs)
+        assert torch.allclose(x, reference[0], rtol=0, atol=1e-12)
+        assert float((g - reference[1]).norm() / reference[1].norm()) < 1e-6, kwargs

@@ -195,6 +195,11 @@ class SelfAttention(_Attention):
         q = RotaryEmbedding.apply(q, pos.cos, pos.sin)
         k = RotaryEmbedding.apply(k, pos.cos, pos.sin)
         T = pos.tokens_per_frame
+        if write is not None and torch.is_grad_enabled():
+            # Frames being written are context: constants to the rows that read them, exactly as if they
+            # had been written into the (detached) cache by a separate no-grad call.
+            n = write[0] * T
+            k, v = torch.cat([k[:, :n].detach(), k[:, n:]], 1), torch.cat([v[:, :n].detach(), v[:, n:]], 1)
         keys, values, key_frames = k, v, pos.frames
         if cache is not None:
             stored = _gather_cache(cache, layer, k)
@@ -382,7 +387,8 @@ class WanModel(nn.Module):
         frames: absolute frame index of each input frame, ``[F]`` or per group ``[G, F]``;
             default: right after what the cache holds (or 0..F-1).
         write_frames: the first ``write_frames`` frames' keys/values are appended to the cache
-            after they have been used (the fused context-write + denoise pass).
+            after they have been used (the fused context-write + denoise pass). Like cache entries,
+            they are constants to the frames that read them: no gradient flows back through them.
         Returns the velocity for all F frames, [B, C_out, F, H, W].
         """
         cfg = self.cfg

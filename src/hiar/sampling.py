@@ -464,8 +464,9 @@ class GridSampler:
             frames = torch.stack([t.frames for t in group])
             with torch.enable_grad() if any((t.n, t.j) in grad_cells for t in group) else torch.no_grad():
                 v = self.denoiser(x, sig, [t.stage.cache for t in group], frames, writes.pop())
-            for i, vi in zip(idx, v.split(self.batch)):
-                out[i] = vi[:, :, -k:]
+            for i, vi, t in zip(idx, v.split(self.batch), group):
+                # a cell batched with a grad cell keeps no graph of its own
+                out[i] = vi[:, :, -k:] if (t.n, t.j) in grad_cells else vi[:, :, -k:].detach()
         return out
 
     def sample(self, num_blocks: int, **kwargs) -> torch.Tensor:
