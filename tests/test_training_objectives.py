@@ -152,3 +152,73 @@ def test_ema_known_answer():
     assert not ema.model.weight.requires_grad
     assert ema.decay_at(1 + 90) == pytest.approx(0.9)  # (1 + 90) / 100 > 0.9: the configured decay
     assert ema.decay_at(1 + 8) == pytest.approx(9 / 18)
+
+
+# the released Self-Forcing / HiAR draw: k ~ U{0..999}, t = k / 1000, shift 5, sigma clamped to [0.02, 0.98]
+RELEASED = SigmaSampler("discrete", shift=5.0, min_sigma=0.02, max_sigma=0.98)
+
+
+def released_sigma(k: int) -> float:
+    return min(max(float(schedule.shift_sigma(k / 1000, 5.0)), 0.02), 0.98)
+
+
+def test_discrete_sigma_is_the_released_formula_on_the_keyed_integer():
+    for step in range(50):
+        k = int(torch.randint(0, 1000, (), generator=keys.generator(3, "dmd-sigma", step, 0)))
+        assert RELEASED(3, "dmd-sigma", step, 0) == released_sigma(k)
+    assert RELEASED.t_of(torch.Generator().manual_seed(7)) == int(torch.randint(0, 1000, (), generator=torch.Generator().manual_seed(7))) / 1000
+
+
+def test_discrete_sigma_mass_at_the_clamped_ends():
+    # shift 5: sigma >= 0.98 <=> t >= 0.98 / 1.08 = 0.9074, i.e. k = 908..999: 92 of the 1000 timesteps
+    at_top = sum(released_sigma(k) == 0.98 for k in range(1000))
+    at_bottom = sum(released_sigma(k) == 0.02 for k in range(1000))  # sigma <= 0.02 <=> k <= 4
+    assert (at_top, at_bottom) == (92, 5)
+    grid = {released_sigma(k) for k in range(1000)}
+    draws = [RELEASED(0, "x", i) for i in range(10000)]
+    assert all(0.02 <= d <= 0.98 for d in draws)
+    assert set(draws) <= grid  # every draw is a point of the shifted, clamped grid
+    assert sum(d == 0.98 for d in draws) / len(draws) == pytest.approx(at_top / 1000, abs=0.01)
+    assert sum(d == 0.02 for d in draws) / len(draws) == pytest.approx(at_bottom / 1000, abs=0.003)
+
+
+def test_discrete_sigma_honours_min_t_max_t_and_the_timestep_count():
+    s = SigmaSampler("discrete", shift=1.0, min_t=0.5, max_t=0.75, num_train_timesteps=8)  # k in 4..6
+    assert {s(0, i) for i in range(200)} == {0.5, 0.625, 0.75}
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        SigmaSampler("discrete", min_t=0.3, max_t=0.4, num_train_timesteps=2)  # no k / 2 in [0.3, 0.4]
+
+
+def test_sigma_clamp_applies_to_every_kind_and_the_default_changes_nothing():
+    for kind in ("uniform", "logit_normal"):
+        plain = SigmaSampler(kind, shift=3.0)
+        clamped = SigmaSampler(kind, shift=3.0, min_sigma=0.3, max_sigma=0.6)
+        for i in range(100):
+            sigma = float(schedule.shift_sigma(plain.t_of(keys.generator(1, i)), 3.0))
+            assert plain(1, i) == sigma
+            assert clamped(1, i) == min(max(sigma, 0.3), 0.6)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"min_sigma": -0.1}, "min_sigma"), ({"min_sigma": 1.0}, "min_sigma"), ({"max_sigma": 0.0}, "max_sigma"),
+    ({"max_sigma": 1.5}, "max_sigma"), ({"min_sigma": 0.5, "max_sigma": 0.5}, "min_sigma"),
+    ({"num_train_timesteps": 0}, "num_train_timesteps"), ({"kind": "gamma"}, "discrete"),
+])
+def test_sigma_sampler_validation_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        SigmaSampler(**kw)
+
+
+def test_score_noise_section_parses_from_yaml(tmp_path):
+    from hiar.config import ConfigError
+    from hiar.training import load_stage_config
+
+    path = tmp_path / "dmd.yaml"
+    path.write_text("stage: dmd\nscore_noise: {kind: discrete, shift: 5.0, min_sigma: 0.02, max_sigma: 0.98}\n")
+    assert load_stage_config(path).score_noise == RELEASED
+    default = load_stage_config(path, {"score_noise": {}}).score_noise
+    assert default == SigmaSampler() and default.num_train_timesteps == 1000
+    with pytest.raises(ConfigError, match=r"score_noise.*max_sigma"):
+        load_stage_config(path, {"score_noise.max_sigma": 2.0})
+    path.write_text("stage: teacher\nnoise: {kind: discrete, num_train_timesteps: 100, min_sigma: 0.1}\n")
+    assert load_stage_config(path).noise == SigmaSampler("discrete", num_train_timesteps=100, min_sigma=0.1)

@@ -92,6 +92,7 @@ def test_the_shapes_recipe_chains_its_stages():
     assert recipe["dmd_hiar"].student.levels.tolist() == recipe["trajectories"].student.levels.tolist()
     wan = load_stage_config(ROOT / "configs/wan/dmd_hiar.yaml")
     assert wan.method == "hiar" and wan.data.kind == "prompts" and wan.fkl.weight == 0.1
+    assert wan.negative_prompt.startswith("色调艳丽，过曝，静态") and wan.negative_prompt.endswith("倒着走")
 
 
 def test_recipe_teacher_config_runs_with_small_overrides(tmp_path):
@@ -99,3 +100,72 @@ def test_recipe_teacher_config_runs_with_small_overrides(tmp_path):
             "data.shapes": {"height": 8, "width": 8}, "progress": False, "tensorboard": False}
     summary = run_stage(load_stage_config(ROOT / "configs/shapes/teacher.yaml", over))
     assert summary["end_step"] == 1 and (tmp_path / "t/model.safetensors").is_file()
+
+
+NEGATIVE = "a slow gray square"  # shapes-world words (its toy encoder refuses others)
+
+
+def shapes_encoding(prompt: str, batch: int) -> torch.Tensor:
+    """``[batch, L, D]``: the shapes encoder's states of ``prompt`` at the TINY models' text size."""
+    from hiar.model import get_config
+    from hiar.world.shapes import ShapesTextEncoder
+
+    mc = get_config(TINY["preset"], **TINY["overrides"])
+    return ShapesTextEncoder(dim=mc.text_dim, max_len=mc.text_len).encode([prompt]).expand(batch, -1, -1)
+
+
+def spy_guidance(monkeypatch, module) -> list[torch.Tensor]:
+    """Record the unconditional text that ``module`` passes to ``guided_velocity``."""
+    seen = []
+    real = module.guided_velocity
+
+    def spy(model, x, sigma, cond, uncond, scale, *args, **kw):
+        seen.append(uncond.detach().cpu().clone())
+        return real(model, x, sigma, cond, uncond, scale, *args, **kw)
+
+    monkeypatch.setattr(module, "guided_velocity", spy)
+    return seen
+
+
+@pytest.mark.parametrize("negative", [NEGATIVE, None])
+def test_dmd_teacher_gets_the_negative_prompt_or_the_null_prompt(tmp_path, monkeypatch, negative):
+    from hiar.training.stages import dmd
+    from hiar.training.trainer import Trainer
+
+    cfg = stage_config("dmd", common(tmp_path, method="self_forcing", model=TINY, teacher=TINY, steps=1,
+                                     negative_prompt=negative))
+    stage = Trainer(cfg, dmd.DmdStage).stage
+    stage.setup()
+    seen = spy_guidance(monkeypatch, dmd)
+    stage.generator_step(0)
+    assert len(seen) == 1
+    expected = shapes_encoding(negative, 2) if negative else torch.zeros_like(seen[0])
+    assert torch.equal(seen[0], expected) and (negative is None) == (not seen[0].any())
+
+
+def test_trajectories_use_the_negative_prompt_and_trajectory_data_refuses_one(tmp_path, monkeypatch):
+    from hiar.training.configs import DataSection
+    from hiar.training.data import make_source
+    from hiar.training.stages import trajectories
+
+    seen = spy_guidance(monkeypatch, trajectories)
+    run_stage(stage_config("trajectories", common(tmp_path / "traj", model=TINY, num_samples=3, samples_per_shard=3,
+                                                  ode_steps=2, negative_prompt=NEGATIVE)))
+    assert seen and all(torch.equal(u, shapes_encoding(NEGATIVE, len(u))) for u in seen)
+    assert {len(u) for u in seen} == {2, 1}  # batch_size 2: the last chunk takes one row of the expansion
+    assert json.loads((tmp_path / "traj/manifest.json").read_text())["info"]["negative_prompt"] == NEGATIVE
+    data = {"kind": "trajectories", "trajectories": str(tmp_path / "traj"), "num_frames": 6}
+    stored = make_source(DataSection(**data), text_dim=0, text_len=0)  # text sizes come from the folder
+    assert torch.equal(stored.unconditional_text(2), torch.zeros(2, *stored.batch([0])[1].shape[1:]))
+    cfg = stage_config("dmd", common(tmp_path / "dmd", method="causvid", model=TINY, teacher=TINY, data=data,
+                                     negative_prompt=NEGATIVE))
+    with pytest.raises(ValueError, match="negative_prompt.*data.kind shapes or prompts") as err:
+        run_stage(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_a_negative_prompt_the_encoder_refuses_names_the_setting(tmp_path):
+    cfg = stage_config("dmd", common(tmp_path, method="self_forcing", model=TINY, teacher=TINY,
+                                     negative_prompt="blurry, low quality"))
+    with pytest.raises(ValueError, match=r"negative_prompt: unknown words 'blurry'"):
+        run_stage(cfg)

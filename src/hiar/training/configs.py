@@ -172,6 +172,7 @@ class TrajectoriesConfig(RunConfig):
     ode_steps: int = 50
     ode_shift: float = schedule.DEFAULT_SHIFT
     guidance_scale: float = 3.0  # uncond + scale (cond - uncond)
+    negative_prompt: str | None = None  # the uncond branch's prompt; None: the null prompt (zeros)
     student: StudentSection = field(default_factory=StudentSection)
     store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
@@ -236,6 +237,7 @@ class DmdConfig(TrainConfig):
     critic_optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     critic_updates_per_generator: int = 5
     real_guidance: float = 3.0  # Self-Forcing's convention: real = cond + g (cond - uncond)
+    negative_prompt: str | None = None  # the uncond branch's prompt; None: the null prompt (zeros)
     score_noise: SigmaSampler = field(default_factory=lambda: SigmaSampler(shift=5.0, min_t=0.02, max_t=0.98))
     fkl: FklSection = field(default_factory=FklSection)
 

@@ -4,7 +4,8 @@ A source maps an index to ``(latents [C, F, H, W] or None, prompt)`` determinist
 batch is fixed by ``(step, global batch)`` alone: resuming needs only the step, and rank r of W takes
 indices ``step * b * W + r * b + i`` (2 ranks x b == 1 rank x 2b). Text states come from the
 source's encoder (``[B, L, D]``, zero after each prompt); the *null prompt* for classifier-free
-guidance is all zeros (the encoding of the empty prompt).
+guidance is all zeros (the encoding of the empty prompt), or a negative prompt's encoding
+(:meth:`ClipSource.unconditional_text`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,26 @@ class ClipSource:
         prompts = [self.prompt(i) for i in indices]
         x = torch.stack([self.clip(i) for i in indices]) if clips else None
         return x, self.text(prompts), prompts
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        """``(L, D)`` of one prompt's text states: what the encoder returns."""
+        return self.encoder.max_len, self.encoder.dim
+
+    def unconditional_text(self, batch_size: int, negative_prompt: str | None = None) -> torch.Tensor:
+        """``[B, L, D]`` text states of guidance's unconditional branch.
+
+        ``None``: the null prompt (all zeros). A string: its encoding by this source's encoder, one
+        row expanded to the batch - stages call this once at setup (the encoder may be a large umT5)
+        and reuse the result. A prompt the encoder refuses raises a ValueError naming the setting.
+        """
+        if negative_prompt is None:
+            return torch.zeros(batch_size, *self.text_shape)
+        try:
+            encoded = self.text([negative_prompt])
+        except ValueError as err:
+            raise ValueError(f"negative_prompt: {err}") from None
+        return encoded.expand(batch_size, -1, -1)
 
 
 class ShapesSource(ClipSource):
@@ -122,6 +143,17 @@ class TrajectorySource(ClipSource):
 
     def text(self, prompts: list[str]) -> torch.Tensor:
         raise ValueError("trajectory data stores text states, not an encoder: use batch()")
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        return tuple(self.store[0]["text"].shape)
+
+    def unconditional_text(self, batch_size: int, negative_prompt: str | None = None) -> torch.Tensor:
+        """The null prompt only: stored text states come without the encoder a negative prompt needs."""
+        if negative_prompt is not None:
+            raise ValueError("negative_prompt needs a text encoder, which data.kind=trajectories does not have "
+                             "(it stores text states): use data.kind shapes or prompts, or negative_prompt: null")
+        return super().unconditional_text(batch_size)
 
 
 def make_source(cfg: DataSection, *, text_dim: int, text_len: int, device=None) -> ClipSource:

@@ -27,10 +27,15 @@ from hiar.training import keys
 
 @dataclass(frozen=True)
 class SigmaSampler:
-    """How a training noise level is drawn: t in [min_t, max_t], then the shift of Eq. 1.
+    """How a training noise level is drawn: t in [min_t, max_t], the shift of Eq. 1, then a clamp.
 
     ``kind="uniform"``: t ~ U[min_t, max_t] (DMD / Self-Forcing draw t in [0.02, 0.98], shift 5).
     ``kind="logit_normal"``: t = sigmoid(N(mean, std)) clamped to [min_t, max_t] (SD3's choice).
+    ``kind="discrete"``: t = k / num_train_timesteps, k uniform over the integers with t in
+    [min_t, max_t] and k < num_train_timesteps (the released Self-Forcing / HiAR code draws
+    k ~ U{0..999}, shifts by 5 and clamps sigma to [0.02, 0.98]).
+    Every kind then clamps sigma = shift(t) to [min_sigma, max_sigma]; the defaults (0, 1) change
+    nothing, while the released setting puts the mass of the clamped ends on 0.02 and 0.98.
     """
 
     kind: str = "uniform"
@@ -39,25 +44,60 @@ class SigmaSampler:
     max_t: float = 1.0
     mean: float = 0.0
     std: float = 1.0
+    num_train_timesteps: int = schedule.NUM_TRAIN_TIMESTEPS
+    min_sigma: float = 0.0
+    max_sigma: float = 1.0
 
     def __post_init__(self):
-        if self.kind not in ("uniform", "logit_normal"):
-            raise ValueError(f"sigma sampling must be 'uniform' or 'logit_normal', got {self.kind!r}")
+        if self.kind not in ("uniform", "logit_normal", "discrete"):
+            raise ValueError(f"sigma sampling must be 'uniform', 'logit_normal' or 'discrete', got {self.kind!r}")
         if not 0.0 <= self.min_t < self.max_t <= 1.0:
             raise ValueError(f"need 0 <= min_t < max_t <= 1, got {self.min_t}, {self.max_t}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        if not 0.0 <= self.min_sigma < 1.0:
+            raise ValueError(f"min_sigma must be in [0, 1), got {self.min_sigma}")
+        if not 0.0 < self.max_sigma <= 1.0:
+            raise ValueError(f"max_sigma must be in (0, 1], got {self.max_sigma}")
+        if self.min_sigma >= self.max_sigma:
+            raise ValueError(f"min_sigma ({self.min_sigma}) must be < max_sigma ({self.max_sigma})")
+        if isinstance(self.num_train_timesteps, bool) or not isinstance(self.num_train_timesteps, int) \
+                or self.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be an integer >= 1, got {self.num_train_timesteps!r}")
+        if self.kind == "discrete":
+            self._grid()  # raises when no grid point lies in [min_t, max_t]
+
+    def _grid(self) -> tuple[int, int]:
+        """The discrete kind's integer range ``[k_lo, k_hi]``: every k / N in [min_t, max_t], k < N.
+
+        The tolerance keeps a bound that is a grid point (0.02 x 1000) on the grid despite rounding.
+        """
+        n = self.num_train_timesteps
+        lo = math.ceil(self.min_t * n - 1e-9)
+        hi = min(math.floor(self.max_t * n + 1e-9), n - 1)
+        if lo > hi:
+            raise ValueError(f"no timestep k / {n} (num_train_timesteps) lies in [min_t, max_t] = "
+                             f"[{self.min_t}, {self.max_t}]")
+        return lo, hi
 
     def t_of(self, gen: torch.Generator) -> float:
         if self.kind == "uniform":
             u = float(torch.rand((), generator=gen, dtype=torch.float64))
             return self.min_t + u * (self.max_t - self.min_t)
+        if self.kind == "discrete":
+            lo, hi = self._grid()
+            return int(torch.randint(lo, hi + 1, (), generator=gen)) / self.num_train_timesteps
         z = float(torch.randn((), generator=gen, dtype=torch.float64)) * self.std + self.mean
         return min(max(1.0 / (1.0 + math.exp(-z)), self.min_t), self.max_t)
 
+    def sigma_of(self, t: float) -> float:
+        """shift(t) clamped to [min_sigma, max_sigma] (with the default clamp: shift(t) itself)."""
+        sigma = float(schedule.shift_sigma(t, self.shift))
+        return min(max(sigma, self.min_sigma), self.max_sigma)
+
     def __call__(self, *key_parts) -> float:
         """One sigma keyed by ``key_parts`` (see :mod:`hiar.training.keys`)."""
-        return float(schedule.shift_sigma(self.t_of(keys.generator(*key_parts)), self.shift))
+        return self.sigma_of(self.t_of(keys.generator(*key_parts)))
 
 
 # ------------------------------------------------------------------------------------------------

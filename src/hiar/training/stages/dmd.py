@@ -32,6 +32,8 @@ class DmdStage(Stage):
         self.critic = t.build_model(cfg.critic or cfg.teacher, "critic")
         mc = self.generator.cfg
         self.source = make_source(cfg.data, text_dim=mc.text_dim, text_len=mc.text_len, device=t.device)
+        # guidance's unconditional text: the null prompt, or the negative prompt encoded once here
+        self.uncond = self.source.unconditional_text(cfg.batch_size, cfg.negative_prompt).to(t.device)
         st = cfg.student
         self.levels = st.levels
         self.S = len(self.levels) - 1
@@ -89,7 +91,7 @@ class DmdStage(Stage):
             xt = schedule.add_noise(x.detach(), noise, sigma)
             fake_x0 = schedule.x0_from_velocity(xt, predict_velocity(self.critic, xt, sigma, text).float(), sigma)
             # Self-Forcing's guidance convention: cond + g (cond - uncond) = CFG with scale 1 + g
-            real_v = guided_velocity(self.teacher, xt, sigma, text, torch.zeros_like(text), 1.0 + cfg.real_guidance)
+            real_v = guided_velocity(self.teacher, xt, sigma, text, self.uncond, 1.0 + cfg.real_guidance)
             real_x0 = schedule.x0_from_velocity(xt, real_v.float(), sigma)
         loss_dmd, grad = dmd_loss(x, fake_x0, real_x0)
         logs = {"dmd_loss": float(loss_dmd.detach()), "dmd_grad_abs": float(grad.abs().mean()), "exit_step": float(exit_step)}

@@ -31,13 +31,15 @@ class TrajectoriesStage(Stage):
         self.teacher = t.frozen(t.build_model(cfg.model, "teacher"))
         mc = self.teacher.cfg
         self.source = make_source(cfg.data, text_dim=mc.text_dim, text_len=mc.text_len, device=t.device)
+        # guidance's unconditional text: the null prompt, or the negative prompt encoded once here
+        self.uncond = self.source.unconditional_text(cfg.batch_size, cfg.negative_prompt).to(t.device)
         self.levels = cfg.student.levels
         self.grid = schedule.uniform_levels(cfg.ode_steps, cfg.ode_shift, include=self.levels)
         C, H, W = self.source.latent_shape
         self.sample_shape = (C, cfg.data.num_frames, H, W)
         self.info = {"ode_steps": cfg.ode_steps, "ode_shift": cfg.ode_shift, "grid_points": len(self.grid),
-                     "guidance_scale": cfg.guidance_scale, "seed": cfg.seed, "teacher": cfg.model.checkpoint,
-                     "data": to_dict(cfg.data)}
+                     "guidance_scale": cfg.guidance_scale, "negative_prompt": cfg.negative_prompt, "seed": cfg.seed,
+                     "teacher": cfg.model.checkpoint, "data": to_dict(cfg.data)}
 
     def indices_of_shard(self, k: int) -> list[int]:
         n = self.cfg.samples_per_shard
@@ -53,13 +55,13 @@ class TrajectoriesStage(Stage):
         for a in range(0, len(indices), cfg.batch_size):
             chunk = indices[a:a + cfg.batch_size]
             cond = text[a:a + len(chunk)].to(t.device)
-            null = torch.zeros_like(cond)
+            uncond = self.uncond[:len(chunk)]
             noise = torch.stack([keys.randn(self.sample_shape, cfg.seed, "trajectory-noise", i) for i in chunk]).to(t.device)
 
             def velocity(x, sigma):
                 s = torch.full((x.shape[0],), sigma, dtype=torch.float64)
                 with t.autocast():
-                    return guided_velocity(self.teacher, x, s, cond, null, cfg.guidance_scale).float()
+                    return guided_velocity(self.teacher, x, s, cond, uncond, cfg.guidance_scale).float()
 
             states, taken = solve_ode(velocity, noise, self.grid, self.levels)
             assert taken == [float(s) for s in self.levels]
