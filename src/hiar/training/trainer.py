@@ -49,6 +49,22 @@ STATE = "state.pt"
 LOG = "log.jsonl"
 
 
+def code_commit() -> str:
+    """The git commit of the code being run (``+dirty`` when the work tree differs), or "unknown"."""
+    import subprocess
+
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/inf; the message names the stage, step, loss and value."""
 
@@ -95,6 +111,7 @@ class Trainer:
         self.cfg = cfg
         self.resume_enabled = resume
         self.out = Path(cfg.output_dir)
+        self.commit = code_commit()  # recorded in every model file this run writes
         self._owns_group = False
         if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             backend = "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
@@ -229,7 +246,8 @@ class Trainer:
             return None
         from hiar.checkpoint import save_model
 
-        meta = {"stage": self.stage.name, "step": str(self.step), **{k: str(v) for k, v in metadata.items()}}
+        meta = {"stage": self.stage.name, "step": str(self.step), "seed": str(self.cfg.seed),
+                "commit": self.commit, **{k: str(v) for k, v in metadata.items()}}
         return save_model(model, self.out / filename, metadata=meta)
 
     def barrier(self) -> None:
