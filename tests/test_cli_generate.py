@@ -137,3 +137,19 @@ def test_codecs_that_mix_frames_decode_once_at_the_end():
     assert video.shape == (3, 33, 16, 16)
     assert codec.calls == 1
     assert report.blocks == 3  # 9 latent frames = 3 blocks of 3
+
+
+def test_each_method_defaults_to_its_bundled_student_and_says_so(tmp_path, monkeypatch, capsys):
+    import hiar.generate as g
+
+    monkeypatch.setattr(g, "bundled_dir", lambda: tmp_path)  # an install without the bundled models
+    code = main(["generate", PROMPT, "--method", "causvid", "--frames", "3", "-o", str(tmp_path / "c.mp4"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "shapes-causvid.safetensors is missing" in err and "train_shapes_bundle.sh" in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    code = main(["generate", PROMPT, "--method", "hiar-input-context", "--frames", "3", "-o", str(tmp_path / "i.mp4"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no bundled shapes model for --method hiar-input-context" in err and "--checkpoint" in err
+    assert not list(tmp_path.glob("*.mp4"))
+    assert {m: g.BUNDLED_MODELS[m] for m in ("hiar", "self-forcing", "causvid")} == {
+        "hiar": "shapes-hiar", "self-forcing": "shapes-self-forcing", "causvid": "shapes-causvid"}

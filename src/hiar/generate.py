@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hiar.model import WanModel, build_model
+from hiar.model import WanModel
 from hiar.sampling import ContextRule, GridReport, GridSampler, Order, SamplerConfig
 from hiar.world.base import LatentCodec, TextEncoder
 
@@ -31,6 +31,10 @@ METHODS: dict[str, dict] = {
 
 SHAPES_FPS = 16
 BUNDLED_DIR = "assets"
+# The shapes model bundled for each method (``hiar/assets/<name>.safetensors``), trained and copied
+# there by scripts/train_shapes_bundle.sh.
+BUNDLED_MODELS = {"hiar": "shapes-hiar", "self-forcing": "shapes-self-forcing", "causvid": "shapes-causvid"}
+REBUILD_HINT = "rebuild the bundled models with `bash scripts/train_shapes_bundle.sh` (about 2 h on a 2-core CPU)"
 
 
 def method_config(method: str, **overrides) -> SamplerConfig:
@@ -39,10 +43,27 @@ def method_config(method: str, **overrides) -> SamplerConfig:
     return replace(SamplerConfig(**METHODS[method]), **{k: v for k, v in overrides.items() if v is not None})
 
 
+def bundled_dir() -> Path:
+    return Path(str(resources.files("hiar"))) / BUNDLED_DIR
+
+
 def bundled_checkpoint(name: str) -> Path | None:
     """A model shipped inside the package (``hiar/assets/<name>.safetensors``), if present."""
-    path = Path(str(resources.files("hiar"))) / BUNDLED_DIR / f"{name}.safetensors"
+    path = bundled_dir() / f"{name}.safetensors"
     return path if path.exists() else None
+
+
+def bundled_model_path(method: str) -> Path:
+    """The bundled shapes student of ``method``; a clear error when there is none or it is missing."""
+    name = BUNDLED_MODELS.get(method)
+    if name is None:
+        raise ValueError(f"no bundled shapes model for --method {method} (bundled: {', '.join(BUNDLED_MODELS)}); "
+                         f"pass --checkpoint with a model trained for it")
+    path = bundled_checkpoint(name)
+    if path is None:
+        raise FileNotFoundError(f"the bundled model {bundled_dir() / (name + '.safetensors')} is missing; {REBUILD_HINT}, "
+                                f"or pass --checkpoint")
+    return path
 
 
 def latent_frames(num_frames: int, codec: LatentCodec) -> int:
@@ -85,15 +106,12 @@ def wan_world(vae_dir: str, text_encoder_dir: str, height: int = 480, width: int
     return World("wan", vae, text, height, width, 16)
 
 
-def load_shapes_model(checkpoint: str | None, device: str = "cpu") -> tuple[WanModel, str]:
-    """The given checkpoint, else the bundled HiAR shapes model, else (with a warning) random weights."""
+def load_shapes_model(checkpoint: str | None, method: str = "hiar", device: str = "cpu") -> tuple[WanModel, str]:
+    """The given checkpoint, else the bundled shapes student of ``method``."""
     from hiar.checkpoint import load_model
 
-    path = checkpoint or bundled_checkpoint("shapes-hiar")
-    if path is not None:
-        return load_model(path, device=device).eval(), str(path)
-    torch.manual_seed(0)
-    return build_model("toy", device=device).eval(), "random weights (no trained shapes model is bundled yet)"
+    path = checkpoint or bundled_model_path(method)
+    return load_model(path, device=device).eval(), str(path)
 
 
 def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int) -> int:

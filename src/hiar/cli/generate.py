@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batched", action="store_true", help="run each anti-diagonal as one batched call")
     p.add_argument("--pipeline", action="store_true", help="one process per denoising step (torch.distributed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="model weights (hiar, Wan, diffusers or Self-Forcing format)")
+    p.add_argument("--checkpoint", default=None, help="model weights (hiar, Wan, diffusers or Self-Forcing format; "
+                   "shapes default: the bundled student of --method)")
     p.add_argument("--world", choices=["shapes", "wan"], default="shapes")
     p.add_argument("--vae", default=None, help="Wan: local folder of the VAE (diffusers layout)")
     p.add_argument("--text-encoder", default=None, help="Wan: local folder of umT5 and its tokenizer")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from hiar.video import VideoWriter
 
     if args.world == "shapes":
-        model, source = load_shapes_model(args.checkpoint, device=args.device)
+        model, source = load_shapes_model(args.checkpoint, args.method, device=args.device)
         world = shapes_world(model)
     else:
         if not (args.checkpoint and args.vae and args.text_encoder):
