@@ -10,9 +10,11 @@ trainer's own ``log.jsonl`` (one record per step, warm-up steps dropped). For DM
 iteration (a critic update, plus a generator update every ``critic_updates_per_generator``-th), so the
 mean is taken over whole cycles; the generator and critic-only iterations are also shown.
 
-The trajectories stage is timed on one forward batch of a shortened ODE on the CPU (the full 50-step
-ODE on a GPU) and scaled to the recipe's 50 steps (cost is linear in the steps); its "step" is one
-trajectory. The table ends with the time the full recipe (``steps`` of each config) would take.
+The trajectories stage is timed on one forward batch of a shortened ODE on the CPU (the full ODE on a
+GPU) and scaled to the recipe's steps (cost is linear in the steps); its "step" is one trajectory.
+Every stage is timed in float32 and in bfloat16 autocast, side by side (``--dtypes`` to pick). The
+table ends with the recipe total: the ``steps`` of each stage that scripts/train_shapes_bundle.sh runs,
+each in its own config's dtype.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "shapes"
-STAGES = ["teacher", "trajectories", "ode_init", "diffusion_forcing", "dmd_self_forcing", "dmd_causvid", "dmd_hiar"]
-RECIPE_ORDER = ["teacher", "trajectories", "ode_init", "diffusion_forcing", "dmd_hiar"]
+STAGES = ["teacher_short", "teacher", "trajectories", "ode_init", "diffusion_forcing", "dmd_hiar", "dmd_self_forcing",
+          "dmd_causvid"]
+# What scripts/train_shapes_bundle.sh runs (diffusion forcing is optional and not in it).
+RECIPE_ORDER = ["teacher_short", "teacher", "trajectories", "ode_init", "dmd_hiar", "dmd_self_forcing", "dmd_causvid"]
+DTYPES = ["float32", "bfloat16"]
 
 
 def prepare(work: Path) -> None:
@@ -58,9 +63,9 @@ def prepare(work: Path) -> None:
     write_manifest(folder, n, 1, levels, (C, F, H, W), {})
 
 
-def overrides(stage: str, work: Path, device: str, steps: int) -> dict:
+def overrides(stage: str, work: Path, device: str, steps: int, dtype: str) -> dict:
     teacher = str(work / "teacher.safetensors")
-    o = {"output_dir": str(work / "out" / stage), "device": device, "steps": steps, "log_every": 1,
+    o = {"output_dir": str(work / "out" / f"{stage}-{dtype}"), "device": device, "dtype": dtype, "steps": steps, "log_every": 1,
          "checkpoint_every": 10**6, "progress": False, "tensorboard": False, "model.checkpoint": teacher}
     if stage == "ode_init":
         o["trajectories"] = str(work / "trajectories")
@@ -77,22 +82,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def worker(stage: str, work: Path, device: str, steps: int, warmup: int) -> dict:
+def worker(stage: str, work: Path, device: str, steps: int, warmup: int, dtype: str) -> dict:
     from hiar.training import load_stage_config, run_stage
 
     if stage == "trajectories":
-        return trajectories_worker(work, device)
+        return trajectories_worker(work, device, dtype)
     cfg0 = load_stage_config(RECIPE / f"{stage}.yaml")
     ratio = getattr(cfg0, "critic_updates_per_generator", 1) if stage.startswith("dmd") else 1
     warm = ratio * max(1, -(-warmup // ratio)) if ratio > 1 else warmup
     timed = ratio * max(1, -(-steps // ratio)) if ratio > 1 else steps
-    cfg = load_stage_config(RECIPE / f"{stage}.yaml", overrides(stage, work, device, warm + timed))
+    cfg = load_stage_config(RECIPE / f"{stage}.yaml", overrides(stage, work, device, warm + timed, dtype))
     run_stage(cfg)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "log.jsonl").read_text().splitlines()]
     times = {r["step"]: r["sec_per_step"] for r in records if "sec_per_step" in r}
     kept = [s for s in sorted(times) if s > warm]
-    out = {"stage": stage, "batch_size": cfg.batch_size, "sec_per_step": sum(times[s] for s in kept) / len(kept),
-           "recipe_steps": cfg0.steps, "timed_steps": len(kept)}
+    out = {"stage": stage, "dtype": dtype, "recipe_dtype": cfg0.dtype, "batch_size": cfg.batch_size,
+           "sec_per_step": sum(times[s] for s in kept) / len(kept), "recipe_steps": cfg0.steps, "timed_steps": len(kept)}
     if ratio > 1:
         gen = [times[s] for s in kept if (s - 1) % ratio == 0]
         critic = [times[s] for s in kept if (s - 1) % ratio]
@@ -103,7 +108,7 @@ def worker(stage: str, work: Path, device: str, steps: int, warmup: int) -> dict
     return out
 
 
-def trajectories_worker(work: Path, device: str) -> dict:
+def trajectories_worker(work: Path, device: str, dtype: str) -> dict:
     from hiar import schedule
     from hiar.training import load_stage_config
     from hiar.training.stages.trajectories import TrajectoriesStage
@@ -112,7 +117,7 @@ def trajectories_worker(work: Path, device: str) -> dict:
     cfg0 = load_stage_config(RECIPE / "trajectories.yaml")
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else device if device != "auto" else "cpu")
     short = cfg0.ode_steps if dev.type == "cuda" else 4
-    o = overrides("trajectories", work, device, 0)
+    o = overrides("trajectories", work, device, 0, dtype)
     for k in ("steps", "checkpoint_every"):
         o.pop(k)
     o["ode_steps"] = short
@@ -128,7 +133,8 @@ def trajectories_worker(work: Path, device: str) -> dict:
     full = len(schedule.uniform_levels(cfg0.ode_steps, cfg0.ode_shift, include=cfg0.student.levels)) - 1
     done = len(stage.grid) - 1
     per_traj = dt / len(batch) * full / done
-    return {"stage": "trajectories", "batch_size": cfg.batch_size, "sec_per_step": per_traj, "recipe_steps": cfg0.num_samples,
+    return {"stage": "trajectories", "dtype": dtype, "recipe_dtype": cfg0.dtype, "batch_size": cfg.batch_size,
+            "sec_per_step": per_traj, "recipe_steps": cfg0.num_samples,
             "timed_steps": len(batch), "note": f"per trajectory, {done}-step ODE scaled to {full}",
             "peak_memory_mb": peak_memory_mb(dev)}
 
@@ -144,14 +150,17 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per stage (DMD: rounded up to whole cycles)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per stage (default: torch's)")
+    p.add_argument("--dtypes", nargs="*", default=DTYPES, choices=DTYPES,
+                   help="time every stage in each (default: both, side by side); the recipe total uses each config's own")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, Path(args.workdir), args.device, args.steps, args.warmup)))
+        print("RESULT " + json.dumps(worker(args.worker, Path(args.workdir), args.device, args.steps, args.warmup, args.dtype)))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="hiar-bench-train-") as tmp:
@@ -159,40 +168,53 @@ def main() -> int:
         prepare(work)
         results = []
         for stage in args.stages:
-            cmd = [sys.executable, __file__, "--worker", stage, "--workdir", str(work), "--device", args.device,
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)] + (
-                       ["--threads", str(args.threads)] if args.threads else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                print(f"{stage}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-                return 1
-            results.append(json.loads(line[7:]))
-            print(f"  {stage}: {results[-1]['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
+            for dtype in args.dtypes:
+                cmd = [sys.executable, __file__, "--worker", stage, "--workdir", str(work), "--device", args.device,
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", dtype] + (
+                           ["--threads", str(args.threads)] if args.threads else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode or line is None:
+                    print(f"{stage} ({dtype}): failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                results.append(json.loads(line[7:]))
+                print(f"  {stage} ({dtype}): {results[-1]['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} of {os.cpu_count()} cores"
     print(f"\nTraining step times, toy preset, shapes recipe configs ({name}; torch {torch.__version__})\n")
-    print(f"| stage | batch/proc | s/step | recipe steps | recipe time | peak memory |")
-    print(f"|---|---:|---:|---:|---:|---:|")
-    by = {r["stage"]: r for r in results}
+    cols = " | ".join(f"{d} s/step" for d in args.dtypes)
+    print(f"| stage | batch/proc | {cols} | recipe dtype | recipe steps | recipe time | peak memory |")
+    print("|---|---:|" + "---:|" * len(args.dtypes) + "---|---:|---:|---:|")
+    by: dict[str, dict[str, dict]] = {}
     for r in results:
-        extra = ""
-        if "generator_iteration_s" in r:
-            extra = f" (gen. iter. {r['generator_iteration_s']:.2f}, critic iter. {r['critic_iteration_s']:.2f})"
-        if r["stage"] == "trajectories":
-            extra = " per trajectory"
-        mem = f"{r['peak_memory_mb']:.0f} MiB" + (" RSS" if device == "cpu" else " allocated")
-        print(f"| {r['stage']} | {r['batch_size']} | {r['sec_per_step']:.3f}{extra} | {r['recipe_steps']} | "
-              f"{fmt_time(r['sec_per_step'] * r['recipe_steps'])} | {mem} |")
-    if all(s in by for s in RECIPE_ORDER):
-        total = sum(by[s]["sec_per_step"] * by[s]["recipe_steps"] for s in RECIPE_ORDER)
-        print(f"\nFull HiAR recipe ({' -> '.join(RECIPE_ORDER)}): {fmt_time(total)} on this machine"
-              + "".join(f"; + {fmt_time(by[s]['sec_per_step'] * by[s]['recipe_steps'])} for {s}"
-                        for s in ("dmd_self_forcing", "dmd_causvid") if s in by))
+        by.setdefault(r["stage"], {})[r["dtype"]] = r
+    recipe_s: dict[str, float] = {}
+    for stage, runs in by.items():
+        first = next(iter(runs.values()))
+        cells = []
+        for d in args.dtypes:
+            r = runs.get(d)
+            extra = ""
+            if r and "generator_iteration_s" in r:
+                extra = f" (gen. {r['generator_iteration_s']:.2f}, critic {r['critic_iteration_s']:.2f})"
+            cells.append(f"{r['sec_per_step']:.3f}{extra}" if r else "-")
+        own = runs.get(first["recipe_dtype"])
+        if own is not None:
+            recipe_s[stage] = own["sec_per_step"] * own["recipe_steps"]
+        unit = " per trajectory" if stage == "trajectories" else ""
+        mem = max(r["peak_memory_mb"] for r in runs.values())
+        print(f"| {stage} | {first['batch_size']} | {' | '.join(cells)}{unit} | {first['recipe_dtype']} | {first['recipe_steps']} | "
+              f"{fmt_time(recipe_s[stage]) if stage in recipe_s else '-'} | {mem:.0f} MiB" + (" RSS" if device == "cpu" else "") + " |")
+    if all(s in recipe_s for s in RECIPE_ORDER):
+        total = sum(recipe_s[s] for s in RECIPE_ORDER)
+        print(f"\nRecipe total ({' -> '.join(RECIPE_ORDER)}, each stage in its config's dtype): {fmt_time(total)} "
+              f"({total / 3600:.2f} h) on this machine")
+    else:
+        print(f"\n(recipe total needs every stage of {RECIPE_ORDER} timed in its config's dtype)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": name, "results": results, "recipe_seconds": recipe_s}, indent=2))
     return 0
 
 
