@@ -5,8 +5,15 @@ What the loop gives every stage:
 * **checkpoints** under ``<output_dir>/checkpoints/step-NNNNNNN/`` - each trainable model and its
   EMA as hiar safetensors (loadable by :func:`hiar.checkpoint.load_model`), and ``state.pt``
   (step, optimiser, LR-schedule and RNG states; read back with ``torch.load(weights_only=True)``).
-  A checkpoint is built in a temporary folder and renamed into place, then the ``latest`` pointer
-  file is replaced atomically: a crash never leaves a half-written checkpoint behind ``latest``.
+  A checkpoint is built in a temporary folder, ``complete.json`` (its files and sizes) is written
+  last, the folder is renamed into place, then the ``latest`` pointer file is replaced atomically: a
+  crash never leaves a half-written checkpoint behind ``latest``.
+* **a guarded run folder** (:mod:`hiar.training.runfolder`): a lock (``run.lock``) so that one trainer
+  uses a folder at a time; leftovers of failed writes removed at start; a resume falls back to the
+  newest usable checkpoint when ``latest`` names a missing or damaged one (and refuses when none is
+  usable, never restarting silently); a resume compares the config with the saved ``config.yaml`` and
+  refuses changes unless told to accept them; ``resume=False`` refuses a folder that holds
+  checkpoints unless ``overwrite`` clears them.
 * **exact resume**: models, EMAs, optimisers, schedules, step and RNG states come back; the data
   position is the step itself (every random draw and every sample is keyed by the global step and
   sample index, :mod:`hiar.training.keys`).
@@ -38,15 +45,15 @@ import torch.distributed as dist
 
 from hiar.config import to_dict
 from hiar.model import WanModel, get_config
-from hiar.training import keys
+from hiar.training import keys, runfolder
 from hiar.training.configs import ModelSection, OptimizerSection, RunConfig, TrainConfig
 from hiar.training.data import rank_indices
 from hiar.training.objectives import EMA
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
+CHECKPOINTS = runfolder.CHECKPOINTS
+LATEST = runfolder.LATEST
 STATE = "state.pt"
-LOG = "log.jsonl"
+LOG = runfolder.LOG
 
 
 def code_commit() -> str:
@@ -107,9 +114,14 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Runs a :class:`Stage` to completion (resuming when ``resume``); see the module docstring."""
 
-    def __init__(self, cfg: RunConfig, stage_cls: type[Stage], *, resume: bool = True):
+    def __init__(self, cfg: RunConfig, stage_cls: type[Stage], *, resume: bool = True,
+                 accept_config_changes: bool = False, overwrite: bool = False):
         self.cfg = cfg
-        self.resume_enabled = resume
+        self.resume_enabled = resume and not overwrite
+        self.accept_config_changes = accept_config_changes
+        self.overwrite = overwrite
+        self._lock = runfolder.RunLock(Path(cfg.output_dir))
+        self._config_changes: list[tuple[str, str, str]] = []  # accepted on this resume (main rank)
         self.out = Path(cfg.output_dir)
         self.commit = code_commit()  # recorded in every model file this run writes
         self._owns_group = False
@@ -126,6 +138,7 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         self.grad_clip: dict[str, float] = {}
+        self.optimizer_sections: dict[str, OptimizerSection] = {}
         self.emas: dict[str, EMA] = {}
         self.step = 0
         self.stage = stage_cls(cfg, self)
@@ -184,6 +197,7 @@ class Trainer:
         self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.grad_clip[name] = optim.grad_clip
+        self.optimizer_sections[name] = optim
         if ema_decay is not None:
             self.emas[name] = EMA(model, ema_decay, ema_start)
 
@@ -260,10 +274,10 @@ class Trainer:
         return self.out / CHECKPOINTS
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoint_root / LATEST
-        if not pointer.is_file():
+        name, _ = runfolder.read_latest(self.checkpoint_root)
+        if name is None:
             return None
-        path = self.checkpoint_root / pointer.read_text().strip()
+        path = self.checkpoint_root / name
         return path if path.is_dir() else None
 
     def save_checkpoint(self, step: int) -> None:
@@ -278,29 +292,38 @@ class Trainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            meta = {"stage": self.stage.name, "step": str(step)}
-            for name, model in self.models.items():
-                save_model(model, tmp / f"{name}.safetensors", metadata=meta)
-            for name, ema in self.emas.items():
-                save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=meta)
-            state = {
-                "step": step,
-                "world_size": self.world_size,
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            }
-            torch.save(state, tmp / STATE)
+            try:
+                meta = {"stage": self.stage.name, "step": str(step)}
+                for name, model in self.models.items():
+                    save_model(model, tmp / f"{name}.safetensors", metadata=meta)
+                for name, ema in self.emas.items():
+                    save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=meta)
+                state = {
+                    "step": step,
+                    "world_size": self.world_size,
+                    "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                    "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                    "rng": {"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                }
+                _atomic_write(tmp / STATE, lambda t: torch.save(state, t))
+                runfolder.write_marker(tmp, step, stage=self.stage.name)  # last: the folder is complete
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            runfolder.fsync_dir(root)
             _atomic_write(root / LATEST, lambda t: Path(t).write_text(final.name + "\n"))
             self._prune(keep=self.cfg.keep_checkpoints, current=final)
         self.barrier()
 
     def _prune(self, keep: int, current: Path) -> None:
-        found = sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir())
+        """Keep the ``keep`` newest step folders up to ``current``; newer ones (left by a run that was
+        resumed from an older checkpoint) are left alone until this run overwrites them."""
+        upto = runfolder.step_of(current)
+        found = [p for p in runfolder.step_folders(self.checkpoint_root) if runfolder.step_of(p) <= upto]
         for old in found[:-keep]:
             if old != current:
                 shutil.rmtree(old, ignore_errors=True)
@@ -313,10 +336,13 @@ class Trainer:
         for name, ema in self.emas.items():
             ema.model.load_state_dict(load_file(str(path / f"{name}_ema.safetensors")), strict=True)
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        if runfolder.STEP_RE.match(path.name) and int(state["step"]) != runfolder.step_of(path):
+            raise ValueError(f"{STATE} is for step {state['step']}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
+        self._apply_optimizer_sections()
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -324,6 +350,158 @@ class Trainer:
             print(f"hiar train: resuming a {state['world_size']}-process run on {self.world_size} processes: "
                   f"the global batch (and so the data order) changes", file=sys.stderr)
         return int(state["step"])
+
+    def _apply_optimizer_sections(self) -> None:
+        """After a resume: the optimiser settings of *this* config (an optimiser's state_dict carries the
+        old lr, betas, weight decay and eps, and the LR schedule the old base lr); the schedule's
+        position is kept. With an unchanged config this rewrites the same values."""
+        for name, opt in self.optimizers.items():
+            sec = self.optimizer_sections.get(name)
+            if sec is None:
+                continue
+            sched = self.schedulers.get(name)
+            for group in opt.param_groups:
+                group.update(betas=tuple(sec.betas), weight_decay=sec.weight_decay, eps=sec.eps, initial_lr=sec.lr)
+            if sched is None:
+                for group in opt.param_groups:
+                    group["lr"] = sec.lr
+                continue
+            sched.base_lrs = [sec.lr for _ in opt.param_groups]
+            for group, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in opt.param_groups]
+
+    # -- the run folder -------------------------------------------------------------------------
+    def _note(self, message: str) -> None:
+        if self.is_main:
+            print(f"hiar train: {self.stage.name}: {message}", file=sys.stderr)
+
+    def _on_main(self, fn):
+        """``fn()`` on the main rank; its result - or its error, raised on every rank - is shared."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as err:  # every rank must hear of it, or the others wait forever
+                error = err
+        if self.world_size > 1:
+            box = [result, error]
+            dist.broadcast_object_list(box, src=0)
+            result, error = box
+        if error is not None:
+            raise error
+        return result
+
+    def _prepare_folder(self) -> None:
+        """Main rank, before anything is built: lock, leftovers, --no-resume / --overwrite, config check."""
+        out, root = self.out, self.checkpoint_root
+        note = self._lock.acquire()
+        if note:
+            self._note(note)
+        for note in runfolder.clean_leftovers(out):
+            self._note(note)
+        if self.overwrite:
+            gone = runfolder.clear_run(out)
+            if gone:
+                self._note(f"--overwrite: removed the earlier run's {', '.join(gone)} from {out}")
+        elif not self.resume_enabled and not self.stage.stateless and runfolder.has_checkpoints(root):
+            names = [p.name for p in runfolder.step_folders(root)] or [LATEST]
+            raise runfolder.RunFolderError(
+                f"{out} holds checkpoints of an earlier run ({', '.join(names)}); --no-resume would leave them "
+                f"beside the new run's: add --overwrite to delete them first, choose another output_dir, or drop "
+                f"--no-resume to continue that run")
+        resuming = self.resume_enabled and (self.stage.stateless or runfolder.has_checkpoints(root))
+        saved_path = out / runfolder.CONFIG
+        if not (resuming and saved_path.is_file()):
+            return
+        import yaml
+
+        try:
+            saved = yaml.safe_load(saved_path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise runfolder.RunFolderError(
+                f"cannot resume {out}: its {runfolder.CONFIG} is unreadable ({runfolder.one_line(err)}); "
+                f"repair it, or start over with --overwrite") from None
+        changes = runfolder.config_changes(saved if isinstance(saved, dict) else {}, self.cfg)
+        if not changes:
+            return
+        if not self.accept_config_changes:
+            raise runfolder.ConfigChangedError(
+                f"{out} was trained with another config ({saved_path}): {runfolder.describe_changes(changes)}; "
+                f"add --accept-config-changes to resume with the new values (the old config is kept as "
+                f"config.previous-N.yaml), choose "
+                f"another output_dir, or resume with the old values")
+        self._config_changes = changes
+
+    def _resume_point(self) -> tuple[Path, int] | None:
+        """Load the checkpoint to resume from: ``latest``'s, else the newest usable step folder (this rank).
+
+        Returns None when the folder has no checkpoints; raises :class:`~runfolder.ResumeError` when it
+        has some but none is usable.
+        """
+        root = self.checkpoint_root
+        pointer, pointer_problem = runfolder.read_latest(root)
+        folders = runfolder.step_folders(root)[::-1]  # newest first
+        if pointer is None and pointer_problem is None and not folders:
+            return None
+        candidates = ([root / pointer] if pointer else []) + [p for p in folders if p.name != pointer]
+        failed: list[str] = []
+        if pointer is None:
+            failed.append(pointer_problem or f"{LATEST} is missing")
+        for path in candidates:
+            marked, problem = runfolder.marker_problem(path)
+            if problem is None:
+                try:
+                    start = self.load_checkpoint(path)
+                except Exception as err:  # a truncated or foreign file: the next candidate
+                    problem = (f"does not load ({runfolder.one_line(err)[:300]})" if marked else
+                               f"has no {runfolder.MARKER} and does not load ({runfolder.one_line(err)[:300]})")
+            if problem is None:
+                if failed:
+                    self._note(f"{'; '.join(failed)}: resuming from {path.name} instead")
+                return path, start
+            failed.append(f"{path.name}: {problem}" if path.name != pointer else
+                          f"{LATEST} -> {path.name}: {problem}")
+        raise runfolder.ResumeError(
+            f"cannot resume {self.out}: no usable checkpoint in {root} ({'; '.join(failed)}); repair or delete "
+            f"them, or start over with --overwrite")
+
+    def _resume(self) -> tuple[Path, int] | None:
+        """Every rank loads the same checkpoint (each walks the same folders; the choice is compared)."""
+        found, error = None, None
+        try:
+            found = self._resume_point()
+        except runfolder.ResumeError as err:
+            error = err
+        if self.world_size > 1:
+            seen = [None] * self.world_size
+            dist.all_gather_object(seen, (found[0].name if found else None, str(error) if error else None))
+            if error is None and len(set(seen)) > 1:
+                error = runfolder.ResumeError(f"cannot resume {self.out}: the processes found different "
+                                              f"checkpoints ({', '.join(str(s[0]) for s in seen)})")
+            if error is None:
+                error = next((runfolder.ResumeError(e) for _, e in seen if e), None)
+        if error is not None:
+            raise error
+        return found
+
+    def _write_config(self, start: int) -> list[dict]:
+        """Main rank: ``config.yaml`` (the old one kept when accepted changes replace it); log records."""
+        import yaml
+
+        from hiar.checkpoint import _atomic_write
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        records = []
+        if self._config_changes:
+            kept = runfolder.keep_previous_config(self.out)
+            self._note(f"resuming at step {start} with config changes: "
+                       f"{runfolder.describe_changes(self._config_changes)} (the old config is kept as {kept.name})")
+            records.append({"step": start, "event": "config_changed", "previous_config": kept.name,
+                            "changes": {k: [a, b] for k, a, b in self._config_changes}})
+        text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+        _atomic_write(self.out / runfolder.CONFIG, lambda t: Path(t).write_text(text))
+        return records
 
     # -- logging --------------------------------------------------------------------------------
     def _open_logs(self, start: int) -> None:
@@ -411,21 +589,20 @@ class Trainer:
         stage = self.stage
         bar = None
         try:
+            self._on_main(self._prepare_folder)
             stage.setup()
             total = stage.total_steps
             start = 0
-            latest = self.latest_checkpoint()
-            if self.resume_enabled and not stage.stateless and latest is not None:
-                start = self.load_checkpoint(latest)
-                if self.is_main:
-                    print(f"hiar train: {stage.name}: resumed from {latest} (step {start}/{total})", file=sys.stderr)
+            if self.resume_enabled and not stage.stateless:
+                found = self._resume()
+                if found is not None:
+                    latest, start = found
+                    self._note(f"resumed from {latest} (step {start}/{total})")
             self.step = start
-            if self.is_main:
-                import yaml
-
-                self.out.mkdir(parents=True, exist_ok=True)
-                (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            records = self._on_main(lambda: self._write_config(start))
             self._open_logs(start)
+            for record in records or []:
+                self.log(record)
             bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
                        disable=not (self.cfg.progress and self.is_main), file=sys.stderr)
             summary = {"stage": stage.name, "start_step": start, "steps": total}
@@ -439,17 +616,27 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._close_logs()
+            self._lock.release()
             if self._owns_group and dist.is_initialized():
                 dist.destroy_process_group()
         summary["end_step"] = self.step
         return summary
 
 
-def run_stage(cfg: RunConfig, *, resume: bool = True) -> dict:
-    """Run the stage named by ``cfg.stage`` (what ``hiar train`` calls)."""
+def run_stage(cfg: RunConfig, *, resume: bool = True, accept_config_changes: bool = False,
+              overwrite: bool = False) -> dict:
+    """Run the stage named by ``cfg.stage`` (what ``hiar train`` calls).
+
+    ``accept_config_changes``: resume even though the config differs from the saved ``config.yaml``
+    (the new values are used and recorded). ``overwrite``: start over, deleting an earlier run's
+    checkpoints, log and configs in ``output_dir`` first (implies ``resume=False``).
+    """
     from hiar.training.stages import stage_class
 
-    return Trainer(cfg, stage_class(cfg.stage), resume=resume).run()
+    return Trainer(cfg, stage_class(cfg.stage), resume=resume, accept_config_changes=accept_config_changes,
+                   overwrite=overwrite).run()
 
 
-__all__ = ["Trainer", "Stage", "NonFiniteError", "run_stage", "TrainConfig"]
+RunFolderError = runfolder.RunFolderError
+
+__all__ = ["Trainer", "Stage", "NonFiniteError", "RunFolderError", "run_stage", "TrainConfig"]
