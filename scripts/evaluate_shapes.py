@@ -1,0 +1,543 @@
+"""Held-out quality measurement of the shapes models: one JSON per (model, video length).
+
+    python scripts/evaluate_shapes.py                      # bundled students + teacher + real clips
+    python scripts/evaluate_shapes.py --model mine=runs/x/model.safetensors:hiar --frames 84
+    python scripts/results_page.py                          # docs/results.md from the JSON
+
+What is measured, for a fixed set of held-out prompts (``--prompts`` N, default 32: the world's spec
+``sample_spec((12345, i))`` for i < N, a seed space disjoint from the training data's ``[seed, index]``
+draws with seeds 0-4) and each video length (``--frames``, default 84 and 336):
+
+* every student (``--model LABEL=PATH:METHOD``; default: the bundled HiAR, Self-Forcing and CausVid
+  students that are present), sampled as ``hiar generate`` does: the method's sampler config, a KV
+  window of 21 latent frames, one seed per prompt (seed ``--seed + i``), all prompts in one batched
+  sampler run (``--batch-size`` to split it);
+* the bidirectional teacher (``--teacher PATH``; default the bundled one when present) at its own 21
+  frames only: a 30-step Euler ODE on the shift-5 grid with classifier-free guidance 3 against the
+  all-zero null prompt (:func:`sample_teacher`);
+* the real clips: the world's own rendering of the same specs (the reference row), at every length
+  (and at the teacher's 21 frames when the teacher is evaluated).
+
+Per (model, length): mean and std over prompts of the shapes scores (semantic, dynamic, quality,
+total; :class:`hiar.eval.shapes_scores.ShapesScorer`), their mean per-segment curves, and the drift
+suite's score (mean and std over videos) with the slopes of the averaged per-segment statistics
+(weight-free stand-in metrics; the backends are recorded). Every video is quantised to uint8 (what a
+lossless file would hold) before it is scored, so all rows are treated alike.
+
+Outputs: ``OUT/<label>-f<frames>.json`` (default OUT = results/eval), the first prompt's video of each
+row as ``OUT/frames/<label>-f<frames>.npz`` (uint8, for the contact sheets), and PNGs in ``--figures``
+(default docs/results): ``contact-f<frames>.png`` (one row per model, prompt 0 and its seed),
+``drift-f<frames>.png`` (per-segment drift statistics per model) and ``shapes-f<frames>.png``
+(per-segment shapes scores). A (model, length) whose JSON exists with the same settings is skipped
+(so an interrupted run resumes); ``--force`` recomputes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = "hiar-shapes-eval/1"
+DEFAULT_FRAMES = (84, 336)
+DEFAULT_PROMPTS = 32
+PROMPT_SEED = 12345  # held-out specs: world.sample_spec((PROMPT_SEED, i)); training data uses [seed, index], seeds 0-4
+KV_WINDOW = 21  # latent frames, as `hiar generate`
+TEACHER_FRAMES = 21
+TEACHER_STEPS = 30
+TEACHER_SHIFT = 5.0
+TEACHER_GUIDANCE = 3.0
+SCORE_KEYS = ("semantic", "dynamic", "quality", "total")
+REAL_LABEL = "real"
+TEACHER_LABEL = "teacher"
+STUDENT_LABELS = {"hiar": "hiar", "self-forcing": "self-forcing", "causvid": "causvid"}
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the evaluation: real clips, the teacher, or a student with its method."""
+
+    label: str
+    kind: str  # "real" | "teacher" | "student"
+    path: str | None = None
+    method: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def held_out_specs(world, n: int, prompt_seed: int = PROMPT_SEED) -> list:
+    """The evaluation specs: ``world.sample_spec((prompt_seed, i))`` for ``i < n``."""
+    return [world.sample_spec((prompt_seed, i)) for i in range(n)]
+
+
+def parse_model_arg(text: str) -> Entry:
+    """``LABEL=PATH:METHOD`` -> a student entry (the method is after the last colon)."""
+    from hiar.generate import METHODS
+
+    if "=" not in text or ":" not in text.split("=", 1)[1]:
+        raise ValueError(f"--model {text!r}: expected LABEL=PATH:METHOD (method one of {', '.join(METHODS)})")
+    label, rest = text.split("=", 1)
+    path, method = rest.rsplit(":", 1)
+    check_label(label)
+    if method not in METHODS:
+        raise ValueError(f"--model {text!r}: unknown method '{method}'; choose from {', '.join(METHODS)}")
+    if label in (REAL_LABEL, TEACHER_LABEL):
+        raise ValueError(f"--model {text!r}: the label '{label}' is reserved")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"--model {text!r}: model file not found: {path}")
+    return Entry(label, "student", path, method)
+
+
+def check_label(label: str) -> str:
+    if not LABEL_RE.match(label):
+        raise ValueError(f"label {label!r}: use letters, digits, '.', '_' and '-' (it names the JSON file)")
+    return label
+
+
+def default_entries() -> tuple[list[Entry], Entry | None]:
+    """The bundled students that are present, and the bundled teacher if present."""
+    from hiar.generate import BUNDLED_MODELS, bundled_checkpoint
+
+    students = []
+    for method, name in BUNDLED_MODELS.items():
+        path = bundled_checkpoint(name)
+        if path is not None:
+            students.append(Entry(STUDENT_LABELS.get(method, method), "student", str(path), method))
+    teacher = bundled_checkpoint("shapes-teacher")
+    return students, (Entry(TEACHER_LABEL, "teacher", str(teacher)) if teacher is not None else None)
+
+
+def display_path(path: str | None) -> str | None:
+    """A path relative to the repository when it is inside it (so JSON does not depend on the checkout)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def code_commit() -> dict:
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+            return out.stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "src", "scripts")
+    return {"commit": sha or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def model_metadata(path: str) -> dict:
+    """The hiar checkpoint metadata (stage, steps, commit, ...) of a model file, normalised."""
+    from hiar.checkpoint import read_checkpoint
+
+    meta = dict(read_checkpoint(path).metadata)
+    meta.pop("config", None)  # the model config is recorded separately
+    return {
+        "stage": meta.get("stage"),
+        "steps": meta.get("steps", meta.get("step")),
+        "commit": meta.get("trained_by_commit", meta.get("commit")),
+        "seed": meta.get("seed"),
+        "raw": dict(sorted(meta.items())),
+    }
+
+
+# ---------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample_teacher(model, text: torch.Tensor, seeds: list[int], latent_shape: tuple[int, int, int], *,
+                   num_frames: int = TEACHER_FRAMES, steps: int = TEACHER_STEPS, shift: float = TEACHER_SHIFT,
+                   guidance: float = TEACHER_GUIDANCE) -> torch.Tensor:
+    """The bidirectional teacher's samples ``[B, C, num_frames, H, W]``: Euler on the probability-flow ODE
+    over ``uniform_levels(steps, shift)``, classifier-free guided ``uncond + g (cond - uncond)`` with the
+    all-zero null prompt as the unconditional text. The noise of sample ``b`` is the sampler's
+    :class:`~hiar.sampling.NoiseBank` draw for its seed (block 0, step 0, all frames at once)."""
+    from hiar import schedule
+    from hiar.sampling import NoiseBank
+
+    C, H, W = latent_shape
+    device, dtype = model.device, model.dtype
+    x = NoiseBank(seeds, (C, num_frames, H, W), device=device, dtype=torch.float32)(0, 0)
+    cond = text.to(device, dtype)
+    both_text = torch.cat([cond, torch.zeros_like(cond)])
+    levels = [float(s) for s in schedule.uniform_levels(steps, shift=shift)]
+    B = x.shape[0]
+    for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+        t = torch.full((2 * B,), schedule.timestep(sigma), device=device, dtype=torch.float32)
+        v = model(torch.cat([x, x]).to(dtype), t, both_text).float()
+        v_cond, v_uncond = v.chunk(2)
+        x = schedule.euler(x, v_uncond + guidance * (v_cond - v_uncond), sigma, sigma_next)
+    return x
+
+
+@torch.no_grad()
+def sample_students(model, world, prompts: list[str], seeds: list[int], num_frames: int, method: str, *,
+                    window: int = KV_WINDOW, batch_size: int | None = None) -> torch.Tensor:
+    """Pixels ``[B, 3, num_frames, H, W]`` in [-1, 1] of a causal student, as ``hiar generate`` makes
+    them, all prompts of a batch in one sampler run (each with its own seed)."""
+    from hiar.generate import method_config, num_blocks_for
+    from hiar.sampling import GridSampler
+
+    config = method_config(method, window=window)
+    n_blocks = num_blocks_for(num_frames, world.codec, config.block_frames)
+    step = batch_size or len(prompts)
+    out = []
+    for a in range(0, len(prompts), step):
+        text = world.text_encoder.encode(prompts[a:a + step]).to(model.device, model.dtype)
+        sampler = GridSampler(model, config, text, seeds=seeds[a:a + step], latent_shape=world.latent_shape)
+        latents = torch.cat([b for _, b in sampler.stream(n_blocks)], dim=2)
+        pixels = world.codec.decode(latents.float()).clamp(-1, 1).cpu()
+        out.append(pixels[:, :, :num_frames])
+    return torch.cat(out)
+
+
+def as_uint8(videos: torch.Tensor) -> np.ndarray:
+    """``[B, 3, F, H, W]`` in [-1, 1] -> uint8 ``[B, F, H, W, 3]``."""
+    from hiar.video import to_uint8_frames
+
+    return np.stack([to_uint8_frames(v) for v in videos])
+
+
+def real_clips(world, specs: list, num_frames: int) -> np.ndarray:
+    """The world's own rendering of the specs, uint8 ``[B, F, H, W, 3]``."""
+    return np.stack([np.clip(np.round(world.render_numpy(s, num_frames)[0]), 0, 255).astype(np.uint8) for s in specs])
+
+
+# ---------------------------------------------------------------------------------------- scoring
+def _mean_std(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std())}
+
+
+def score_videos(videos: np.ndarray, prompts: list[str], scorer, suite) -> dict:
+    """Shapes scores and drift of uint8 videos ``[B, F, H, W, 3]`` against their prompts."""
+    per_video, drift_reports = [], []
+    for b, (video, prompt) in enumerate(zip(videos, prompts)):
+        s = scorer.score(video, prompt)
+        entry = {"prompt": prompt, **{k: getattr(s, k) for k in SCORE_KEYS},
+                 "details": s.details, "segments": s.segments}
+        if video.shape[0] >= 2 * suite.segments:
+            r = suite.evaluate(video, name=f"video {b}")
+            drift_reports.append(r)
+            entry["drift"], entry["drift_slopes"] = r.score, r.slopes
+        else:
+            entry["drift"], entry["drift_slopes"] = None, None
+        per_video.append(entry)
+    scores = {k: _mean_std([e[k] for e in per_video]) for k in SCORE_KEYS}
+    segs = [e["segments"] for e in per_video if e["segments"].get("total")]
+    segments = {k: np.mean([s[k] for s in segs], axis=0).tolist() for k in SCORE_KEYS} if segs else {}
+    if drift_reports:
+        agg = suite.aggregate(drift_reports, name="mean")
+        drift = {
+            "score": _mean_std([r.score for r in drift_reports]),
+            "segments": suite.segments,
+            "backends": suite.backends,
+            "weights": suite.weights,
+            "slopes": agg.slopes,  # of the averaged per-segment values
+            "normalised": agg.normalised,
+            "contributions": agg.contributions,
+            "segment_values": agg.segment_values,
+        }
+    else:
+        drift = {"score": None, "segments": suite.segments, "backends": suite.backends,
+                 "note": f"videos of {videos.shape[1]} frames are too short for {suite.segments} drift segments"}
+    return {"scores": scores, "segments": segments, "drift": drift, "per_video": per_video}
+
+
+# ---------------------------------------------------------------------------------------- one job
+@dataclass
+class Settings:
+    num_prompts: int = DEFAULT_PROMPTS
+    prompt_seed: int = PROMPT_SEED
+    seed: int = 0
+    window: int = KV_WINDOW
+    reference_clips: int = 8
+    drift_segments: int = 5
+    teacher_frames: int = TEACHER_FRAMES
+    teacher_steps: int = TEACHER_STEPS
+    teacher_shift: float = TEACHER_SHIFT
+    teacher_guidance: float = TEACHER_GUIDANCE
+    batch_size: int | None = None
+    device: str = "cpu"
+
+
+def job_path(out: Path, label: str, frames: int) -> Path:
+    return out / f"{label}-f{frames}.json"
+
+
+def frames_path(out: Path, label: str, frames: int) -> Path:
+    return out / "frames" / f"{label}-f{frames}.npz"
+
+
+def file_sha256(path: str | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def identity(entry: Entry, frames: int, settings: Settings, prompts: list[str], seeds: list[int] | None) -> dict:
+    """What must match for an existing JSON to stand for this job (a retrained model file does not)."""
+    return {"label": entry.label, "kind": entry.kind, "model_path": display_path(entry.path),
+            "model_sha256": file_sha256(entry.path), "method": entry.method, "frames": frames,
+            "prompts": prompts, "seeds": seeds}
+
+
+def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, scorer, suite, models: dict) -> tuple[dict, np.ndarray]:
+    """Generate (or render) and score one (model, length); returns the JSON payload and the videos."""
+    from hiar.generate import method_config, shapes_world
+
+    prompts = [world.prompt(s) for s in specs]
+    seeds = None if entry.kind == "real" else [settings.seed + i for i in range(len(specs))]
+    t0 = time.perf_counter()
+    sampler: dict | None = None
+    meta, model_config = None, None
+    if entry.kind == "real":
+        videos = real_clips(world, specs, frames)
+    else:
+        from hiar.checkpoint import load_model
+        from hiar.config import to_dict
+
+        if entry.path not in models:
+            models[entry.path] = load_model(entry.path, device=settings.device).eval()
+        model = models[entry.path]
+        meta, model_config = model_metadata(entry.path), to_dict(model.cfg)
+        gen_world = shapes_world(model)
+        if entry.kind == "teacher":
+            text = gen_world.text_encoder.encode(prompts)
+            latents = []
+            step = settings.batch_size or len(prompts)
+            for a in range(0, len(prompts), step):
+                latents.append(sample_teacher(model, text[a:a + step], seeds[a:a + step], gen_world.latent_shape,
+                                              num_frames=frames, steps=settings.teacher_steps,
+                                              shift=settings.teacher_shift, guidance=settings.teacher_guidance).cpu())
+            videos = as_uint8(gen_world.codec.decode(torch.cat(latents)).clamp(-1, 1))
+            sampler = {"kind": "teacher-ode", "steps": settings.teacher_steps, "shift": settings.teacher_shift,
+                       "guidance": settings.teacher_guidance, "null_prompt": "all-zero text states",
+                       "attention": "bidirectional"}
+        else:
+            videos = as_uint8(sample_students(model, gen_world, prompts, seeds, frames, entry.method,
+                                              window=settings.window, batch_size=settings.batch_size))
+            cfg = method_config(entry.method, window=settings.window)
+            sampler = {"kind": "grid", "method": entry.method, "context": cfg.context.value, "order": cfg.order.value,
+                       "transition": cfg.transition.value, "levels": [float(v) for v in cfg.levels],
+                       "block_frames": cfg.block_frames, "window": cfg.window, "sink": cfg.sink}
+    generate_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    scored = score_videos(videos, prompts, scorer, suite)
+    payload = {
+        "schema": SCHEMA,
+        **identity(entry, frames, settings, prompts, seeds),
+        "model_metadata": meta,
+        "model_config": model_config,
+        "sampler": sampler,
+        "prompt_specs": [[settings.prompt_seed, i] for i in range(len(specs))],
+        "num_prompts": len(specs),
+        "world": {"height": world.config.height, "width": world.config.width},
+        "scorer": {"reference_clips": settings.reference_clips, "segments": scorer.segments},
+        "code": code_commit(),
+        **scored,
+        "timing_s": {"generate": round(generate_s, 3), "score": round(time.perf_counter() - t1, 3)},
+    }
+    return payload, videos
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def existing_matches(path: Path, expected: dict) -> bool:
+    """Whether the JSON at ``path`` was made for this job (same model, prompts, seeds, frames)."""
+    data = json.loads(path.read_text())
+    return all(data.get(k) == v for k, v in expected.items())
+
+
+# ---------------------------------------------------------------------------------------- figures
+def load_results(out: Path) -> list[dict]:
+    found = []
+    for p in sorted(out.glob("*.json")):
+        data = json.loads(p.read_text())
+        if data.get("schema") == SCHEMA:
+            found.append(data)
+    return found
+
+
+def row_order(results: list[dict]) -> list[dict]:
+    rank = {"real": 0, "teacher": 1, "student": 2}
+    return sorted(results, key=lambda d: (rank.get(d["kind"], 3), d["label"]))
+
+
+def write_figures(out: Path, figures: Path, lengths: list[int]) -> list[Path]:
+    """Contact sheets and per-segment curves for each length, from the JSON and stored first videos."""
+    from hiar.eval.plots import plot_segment_curves
+    from hiar.video import contact_sheet
+
+    results = row_order(load_results(out))
+    written = []
+    figures.mkdir(parents=True, exist_ok=True)
+    teacher_rows = [d for d in results if d["kind"] == "teacher"]
+    for frames in sorted(set(lengths) | {d["frames"] for d in results}):
+        rows = [d for d in results if d["frames"] == frames]
+        if not rows:
+            continue
+        students_here = any(d["kind"] == "student" for d in rows)
+        sheet_rows = rows + ([d for d in teacher_rows if d["frames"] != frames] if students_here else [])
+        videos = {}
+        for d in sheet_rows:
+            f = frames_path(out, d["label"], d["frames"])
+            if f.is_file():
+                name = d["label"] if d["frames"] == frames else f"{d['label']} ({d['frames']} frames)"
+                videos[name] = np.load(f)["video"]
+        if videos:
+            seed = next((d["seeds"][0] for d in rows if d.get("seeds")), None)
+            title = f"{frames} frames, prompt 0: {rows[0]['prompts'][0]}" + (f" (seed {seed})" if seed is not None else "")
+            written.append(contact_sheet(videos, figures / f"contact-f{frames}.png", columns=8, cell=64, title=title))
+        drift = {d["label"]: d["drift"]["segment_values"] for d in rows if d["drift"].get("score") is not None}
+        if drift:
+            backends = next(d["drift"]["backends"] for d in rows if d["drift"].get("score") is not None)
+            written.append(plot_segment_curves(
+                drift, figures / f"drift-f{frames}.png",
+                title=f"Drift statistics per segment, {frames} frames (mean over prompts)",
+                subtitles={s: b.split(" (")[0] for s, b in backends.items()}))
+        shapes = {d["label"]: d["segments"] for d in rows if d["segments"]}
+        if shapes:
+            written.append(plot_segment_curves(shapes, figures / f"shapes-f{frames}.png",
+                                               title=f"Shapes scores per segment, {frames} frames (higher is better)",
+                                               metrics=list(SCORE_KEYS)))
+    return written
+
+
+def summary_table(results: list[dict]) -> str:
+    header = ["model", "frames", *SCORE_KEYS, "drift"]
+    rows = []
+    for d in sorted(row_order(results), key=lambda d: d["frames"]):
+        drift = d["drift"]["score"]
+        rows.append([d["label"], str(d["frames"]), *(f"{d['scores'][k]['mean']:.3f}" for k in SCORE_KEYS),
+                     "-" if drift is None else f"{drift['mean']:.3f}"])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)] if rows else [len(h) for h in header]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), *map(line, rows)])
+
+
+# ---------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Details: the module docstring of scripts/evaluate_shapes.py and docs/metrics.md.")
+    p.add_argument("--model", action="append", default=None, metavar="LABEL=PATH:METHOD",
+                   help="a student to evaluate (repeatable); default: the bundled hiar, self-forcing and causvid students present")
+    p.add_argument("--teacher", default=None, metavar="PATH", help="the bidirectional teacher (default: the bundled shapes-teacher if present)")
+    p.add_argument("--no-teacher", action="store_true", help="do not evaluate the teacher")
+    p.add_argument("--no-real", action="store_true", help="do not evaluate the real clips (the reference row)")
+    p.add_argument("--frames", type=int, nargs="+", default=list(DEFAULT_FRAMES), help="video lengths (default: 84 336)")
+    p.add_argument("--prompts", type=int, default=DEFAULT_PROMPTS, help="held-out prompts (default: %(default)s)")
+    p.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="specs are sample_spec((PROMPT_SEED, i)) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed of prompt i is SEED + i (default: %(default)s)")
+    p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="prompts per sampler run (default: all at once)")
+    p.add_argument("--reference-clips", type=int, default=8, help="real clips per prompt for the scorer's references")
+    p.add_argument("--out", default=str(ROOT / "results" / "eval"), help="JSON folder (default: results/eval)")
+    p.add_argument("--figures", default=str(ROOT / "docs" / "results"), help="PNG folder (default: docs/results)")
+    p.add_argument("--no-figures", action="store_true", help="write no PNGs")
+    p.add_argument("--force", action="store_true", help="recompute (model, length) pairs whose JSON exists")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    from hiar.eval.drift import DriftSuite
+    from hiar.eval.shapes_scores import ShapesScorer
+    from hiar.world.shapes import default_world
+
+    args = build_parser().parse_args(argv)
+    if args.prompts < 1 or any(f < 3 for f in args.frames):
+        raise SystemExit("evaluate_shapes: need --prompts >= 1 and every --frames >= 3")
+    settings = Settings(num_prompts=args.prompts, prompt_seed=args.prompt_seed, seed=args.seed, window=args.window,
+                        reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device)
+    students, teacher = default_entries()
+    if args.model is not None:
+        students = [parse_model_arg(m) for m in args.model]
+    if args.teacher is not None:
+        if not Path(args.teacher).exists():
+            raise FileNotFoundError(f"--teacher: model file not found: {args.teacher}")
+        teacher = Entry(TEACHER_LABEL, "teacher", args.teacher)
+    if args.no_teacher:
+        teacher = None
+    labels = [e.label for e in students]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"evaluate_shapes: duplicate --model labels: {labels}")
+
+    lengths = sorted(set(args.frames))
+    jobs: list[tuple[Entry, int]] = []
+    real = Entry(REAL_LABEL, "real")
+    if not args.no_real:
+        jobs += [(real, f) for f in lengths]
+        if teacher is not None and settings.teacher_frames not in lengths:
+            jobs.append((real, settings.teacher_frames))
+    if teacher is not None:
+        jobs.append((teacher, settings.teacher_frames))
+    jobs += [(e, f) for f in lengths for e in students]
+    if not students:
+        print("evaluate_shapes: no student models (none bundled yet and no --model); evaluating "
+              + ("the teacher and " if teacher else "") + "the real clips only", file=sys.stderr)
+
+    out, figures = Path(args.out), Path(args.figures)
+    world = default_world()
+    specs = held_out_specs(world, settings.num_prompts, settings.prompt_seed)
+    prompts = [world.prompt(s) for s in specs]
+    scorer = ShapesScorer(world, reference_clips=settings.reference_clips)
+    suite = DriftSuite(segments=settings.drift_segments)
+    models: dict = {}
+    done, skipped = [], []
+    bar = tqdm(jobs, desc="evaluate", unit="job", disable=args.no_progress, file=sys.stderr)
+    for entry, frames in bar:
+        bar.set_postfix_str(f"{entry.label} @ {frames} frames")
+        path = job_path(out, entry.label, frames)
+        seeds = None if entry.kind == "real" else [settings.seed + i for i in range(len(specs))]
+        if path.exists() and not args.force:
+            if not existing_matches(path, identity(entry, frames, settings, prompts, seeds)):
+                raise SystemExit(f"evaluate_shapes: {path} exists but was made with other settings (model, prompts, "
+                                 f"seeds or frames); use --force to replace it, or another --out")
+            skipped.append(path)
+            continue
+        payload, videos = run_job(entry, frames, settings, world, specs, scorer, suite, models)
+        f = frames_path(out, entry.label, frames)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(f, video=videos[0])
+        write_json(path, payload)
+        done.append(path)
+    bar.close()
+    results = [d for d in load_results(out)]
+    if results:
+        print(summary_table(results))
+    print(f"evaluate_shapes: {len(done)} written, {len(skipped)} skipped (exist; --force to redo) in {out}", file=sys.stderr)
+    if not args.no_figures and results:
+        for p in write_figures(out, figures, lengths):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

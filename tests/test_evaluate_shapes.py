@@ -1,0 +1,148 @@
+"""scripts/evaluate_shapes.py on tiny runs: random `toy` models, 2 prompts, a few frames."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hiar.checkpoint import save_model
+from hiar.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ev = _load("evaluate_shapes")
+
+
+@pytest.fixture(scope="module")
+def random_toy(tmp_path_factory) -> Path:
+    """The shapes model size (`toy`, 3 channels) with random weights, in hiar's format."""
+    torch.manual_seed(0)
+    model = build_model("toy").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return save_model(model, tmp_path_factory.mktemp("models") / "random.safetensors",
+                      metadata={"stage": "dmd", "step": "7", "commit": "abc123"})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(random_toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    argv = ["--model", f"rnd={random_toy}:hiar", "--no-teacher", "--prompts", "2", "--frames", "6",
+            "--out", str(out / "json"), "--figures", str(out / "fig"), "--no-progress"]
+    assert ev.main(argv) == 0
+    return out, argv
+
+
+def test_held_out_specs_are_fixed_and_disjoint_from_training_draws():
+    from hiar.world.shapes import ShapesDataset, default_world
+
+    world = default_world()
+    a = ev.held_out_specs(world, 4)
+    assert a == ev.held_out_specs(world, 4) and len(a) == 4 and ev.DEFAULT_PROMPTS >= 32
+    train = {ShapesDataset(seed=s).spec(i) for s in range(5) for i in range(4)}
+    assert not set(a) & train
+
+
+def test_tiny_run_writes_json_with_expected_keys(tiny_run, random_toy):
+    out, _ = tiny_run
+    files = sorted(p.name for p in (out / "json").glob("*.json"))
+    assert files == ["real-f6.json", "rnd-f6.json"]
+    d = json.loads((out / "json" / "rnd-f6.json").read_text())
+    for key in ("schema", "label", "kind", "model_path", "model_sha256", "method", "frames", "prompts", "seeds",
+                "model_metadata", "sampler", "prompt_specs", "code", "scores", "segments", "drift", "per_video"):
+        assert key in d, key
+    assert d["frames"] == 6 and d["method"] == "hiar" and d["seeds"] == [0, 1] and len(d["prompts"]) == 2
+    assert d["prompt_specs"] == [[12345, 0], [12345, 1]]
+    assert d["model_metadata"]["stage"] == "dmd" and d["model_metadata"]["steps"] == "7"
+    assert d["model_metadata"]["commit"] == "abc123" and "commit" in d["code"]
+    assert d["sampler"]["window"] == 21 and d["sampler"]["context"] == "output" and d["sampler"]["order"] == "diagonal"
+    for k in ("semantic", "dynamic", "quality", "total"):
+        assert set(d["scores"][k]) == {"mean", "std"}
+    # 6 frames: too short for 5 drift segments and for per-segment curves; said so, not faked
+    assert d["drift"]["score"] is None and "too short" in d["drift"]["note"] and d["segments"] == {}
+    assert all(b.endswith("(stand-in)") for s, b in d["drift"]["backends"].items() if s.startswith(("quality", "coherence")))
+    video = np.load(out / "json" / "frames" / "rnd-f6.npz")["video"]
+    assert video.shape == (6, 32, 32, 3) and video.dtype == np.uint8
+    assert (out / "fig" / "contact-f6.png").is_file()
+
+
+def test_real_clips_score_high_and_a_random_model_low(tiny_run):
+    out, _ = tiny_run
+    real = json.loads((out / "json" / "real-f6.json").read_text())
+    rnd = json.loads((out / "json" / "rnd-f6.json").read_text())
+    assert real["kind"] == "real" and real["seeds"] is None and real["model_path"] is None
+    assert real["scores"]["semantic"]["mean"] > 0.85
+    assert rnd["scores"]["semantic"]["mean"] < 0.3
+    assert rnd["scores"]["total"]["mean"] < real["scores"]["total"]["mean"] - 0.4
+
+
+def test_resume_skips_existing_and_refuses_other_settings(tiny_run, capsys):
+    out, argv = tiny_run
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "json").glob("*.json")}
+    assert ev.main(argv + ["--no-figures"]) == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "json").glob("*.json")} == before
+    with pytest.raises(SystemExit, match="other settings"):
+        ev.main([*argv[:argv.index("--prompts")], "--prompts", "1", *argv[argv.index("--prompts") + 2:]])
+    assert ev.main(argv + ["--force", "--no-real", "--no-figures"]) == 0
+    assert "1 written, 0 skipped" in capsys.readouterr().err
+
+
+def test_drift_and_segments_on_a_longer_video(random_toy, tmp_path):
+    argv = ["--model", f"sf={random_toy}:self-forcing", "--no-teacher", "--no-real", "--prompts", "2", "--frames", "15",
+            "--out", str(tmp_path / "json"), "--figures", str(tmp_path / "fig"), "--no-progress"]
+    assert ev.main(argv) == 0
+    d = json.loads((tmp_path / "json" / "sf-f15.json").read_text())
+    assert d["sampler"]["context"] == "clean" and d["sampler"]["order"] == "block_first"
+    assert d["drift"]["score"]["mean"] >= 0 and set(d["drift"]["slopes"]) == set(d["drift"]["backends"])
+    assert all(len(v) == 5 for v in d["drift"]["segment_values"].values())
+    assert all(len(d["segments"][k]) == 5 for k in ("semantic", "dynamic", "quality", "total"))
+    assert (tmp_path / "fig" / "drift-f15.png").is_file() and (tmp_path / "fig" / "shapes-f15.png").is_file()
+
+
+def test_sample_teacher_is_a_guided_euler_ode(random_toy):
+    """Shape, seed determinism, and the step: one Euler step on the guided velocity (uncond = zeros)."""
+    from hiar import schedule
+    from hiar.checkpoint import load_model
+    from hiar.sampling import NoiseBank
+
+    model = load_model(random_toy).eval()
+    text = torch.randn(2, 4, 64)
+    x = ev.sample_teacher(model, text, [3, 4], (3, 32, 32), num_frames=3, steps=1, guidance=3.0)
+    assert x.shape == (2, 3, 3, 32, 32)
+    assert torch.equal(x, ev.sample_teacher(model, text, [3, 4], (3, 32, 32), num_frames=3, steps=1, guidance=3.0))
+    noise = NoiseBank([3, 4], (3, 3, 32, 32))(0, 0)
+    levels = schedule.uniform_levels(1, shift=5.0)
+    with torch.no_grad():
+        t = torch.full((2,), 1000.0)
+        vc, vu = model(noise, t, text), model(noise, t, torch.zeros_like(text))
+    expected = schedule.euler(noise, vu + 3.0 * (vc - vu), float(levels[0]), float(levels[1]))
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-4)
+    assert len(schedule.uniform_levels(ev.TEACHER_STEPS, shift=ev.TEACHER_SHIFT)) == 31 and ev.TEACHER_GUIDANCE == 3.0
+
+
+def test_model_argument_parsing(random_toy):
+    e = ev.parse_model_arg(f"mine={random_toy}:causvid")
+    assert (e.label, e.path, e.method, e.kind) == ("mine", str(random_toy), "causvid", "student")
+    for bad, match in ((f"mine={random_toy}", "LABEL=PATH:METHOD"), (f"mine={random_toy}:nope", "unknown method"),
+                       (f"real={random_toy}:hiar", "reserved"), (f"a/b={random_toy}:hiar", "label")):
+        with pytest.raises(ValueError, match=match):
+            ev.parse_model_arg(bad)
+    with pytest.raises(FileNotFoundError):
+        ev.parse_model_arg("mine=/nonexistent.safetensors:hiar")
