@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from hiar.model import TextContext, WanModel
-from hiar.sampling import ContextRule, GridSampler, Order, SamplerConfig
+from hiar.sampling import GridSampler, Order, SamplerConfig, check_pipelinable
 
 
 class PipelineError(RuntimeError):
@@ -38,11 +38,7 @@ class PipelineError(RuntimeError):
 
 
 def _check(cfg: SamplerConfig, world: int) -> None:
-    if cfg.context is ContextRule.CLEAN:
-        raise ValueError(
-            "pipelined inference needs hierarchical context (OUTPUT or INPUT): with CLEAN context every step "
-            "of block n needs block n-1 fully denoised, so the stages cannot overlap"
-        )
+    check_pipelinable(cfg.context, cfg.num_steps)  # e.g. CLEAN: every step of block n needs block n-1 finished
     if world != cfg.num_steps:
         raise ValueError(f"pipelined inference runs one stage per rank: {cfg.num_steps} steps need {cfg.num_steps} ranks, got {world}")
 
@@ -56,17 +52,20 @@ def pipeline_stream(
     latent_shape: tuple[int, int, int],
     num_blocks: int,
     group=None,
+    initial_latents: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Run this rank's stage; yields (n, x0 block) on the last rank, nothing elsewhere.
 
-    Needs an initialised process group whose size is the number of steps.
+    Needs an initialised process group whose size is the number of steps. ``initial_latents``:
+    given frames, written by every rank into its own stage (as :class:`GridSampler` does).
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     _check(config, world)
     # One process per stage: the sampler below only ever touches stage `rank`.
-    sampler = GridSampler(model, replace(config, order=Order.DIAGONAL, batched=False), text, seeds=seeds, latent_shape=latent_shape)
+    sampler = GridSampler(model, replace(config, order=Order.DIAGONAL, batched=False), text, seeds=seeds,
+                          latent_shape=latent_shape, initial_latents=initial_latents)
+    sampler.start(num_blocks)
     j = rank
-    stage = sampler.stage_for(j)
     C, H, W = latent_shape
     shape = (len(seeds), C, config.block_frames, H, W)
     sends = []
@@ -77,11 +76,8 @@ def pipeline_stream(
             buf = torch.empty(shape, dtype=model.dtype, device=model.device)
             dist.recv(buf, src=j - 1, group=group)
             x = buf
-        task = sampler.plan_cell(n, j, x, stage)
         with torch.no_grad():
-            (v,) = sampler.run_cells([task])
-        x_next, x0_hat = sampler.finish_cell(task, v, x)
-        sampler.queue_context(n, j, x_next, x0_hat, last=j == world - 1)
+            x_next, x0_hat = sampler.step(n, j, x)
         if j < world - 1:
             sends.append(dist.isend(x_next.contiguous(), dst=j + 1, group=group))
             if len(sends) > 2:  # bounded number of in-flight buffers
@@ -90,7 +86,7 @@ def pipeline_stream(
             yield n, x0_hat
     for req in sends:
         req.wait()
-    sampler.flush(stage)
+    sampler.finish(steps=[j])
 
 
 @dataclass
@@ -105,6 +101,7 @@ class PipelineJob:
     num_blocks: int
     threads_per_rank: int = 1
     timeout_s: float = 300.0
+    initial_latents: torch.Tensor | None = None  # given frames (whole blocks), as GridSampler takes them
 
 
 def _free_port() -> int:
@@ -129,7 +126,8 @@ def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str) ->
         t0 = time.perf_counter()
         blocks, times = [], []
         for n, block in pipeline_stream(model, job.config, job.text.to(model.device), seeds=job.seeds,
-                                        latent_shape=job.latent_shape, num_blocks=job.num_blocks):
+                                        latent_shape=job.latent_shape, num_blocks=job.num_blocks,
+                                        initial_latents=job.initial_latents):
             blocks.append(block.cpu())
             times.append(time.perf_counter() - t0)
         if blocks:

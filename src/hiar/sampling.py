@@ -1,8 +1,9 @@
-"""The denoising grid: block-first (Self-Forcing) and hierarchical (HiAR) sampling in every valid order.
+"""Sampling on the denoising grid: Self-Forcing, HiAR, their hybrids, in every valid order.
 
-A video is N blocks of k latent frames; a schedule has S steps with levels
-sigma_1 > ... > sigma_S > sigma_{S+1} = 0. **Cell (n, j)** moves block n from sigma_j to
-sigma_{j+1}, attending to the earlier blocks at the context level c(j) of the rule:
+The grid's bookkeeping lives in :mod:`hiar.grid` (context rules, orders, dependencies, and the
+:class:`~hiar.grid.Planner` that turns cells into model calls); this module runs the calls. A
+video is N blocks of k latent frames; a schedule has S steps. **Cell (n, j)** moves block n from
+sigma_j to sigma_{j+1}, attending to earlier blocks at the level the context rule gives:
 
 =========  ======================  =====================================================
 rule       context level c(j)      cell (n, j) depends on
@@ -10,11 +11,14 @@ rule       context level c(j)      cell (n, j) depends on
 CLEAN      0 (Self-Forcing)        (n, j-1) and (m, S) for m < n
 OUTPUT     sigma_{j+1} (HiAR)      (n, j-1) and (m, j) for m < n
 INPUT      sigma_j (ablation)      (n, j-1) and (m, j-1) for m < n
+Hybrid     block-first first K     (the released code's ``hybrid_block0`` and
+           blocks / M steps        ``frame_first_steps``; see :class:`~hiar.grid.Hybrid`)
 =========  ======================  =====================================================
 
-Each context level has its own KV cache (one *stage* per step for OUTPUT / INPUT, one shared
-stage for CLEAN). The noise of every cell comes from a :class:`NoiseBank` keyed by
-(seed, block, step), so the numbers depend on neither the execution order nor the process count.
+Each set of steps that reads every block at the same level has its own KV cache (a *stage*: one
+per step for OUTPUT / INPUT, one shared for CLEAN). The noise of every cell comes from a
+:class:`NoiseBank` keyed by (seed, block, step), so the numbers depend on neither the execution
+order nor the process count.
 
 Fusion: a context write waits in its stage as *pending* until the next denoise that reads the
 same cache, and both go through the model in one call over [context block, new block] with
@@ -22,6 +26,9 @@ per-frame timesteps. HiAR then costs N + 1 calls per stage (2N unfused); block-f
 (S + 1 unfused). Under INPUT the context of a block is its own input, so the denoise call writes
 it: N calls per stage either way. The trailing writes (the last block's context) are kept so the
 caches stay complete and generation can go on (:meth:`GridSampler.stream` with ``num_blocks=None``).
+
+Given frames (image-to-video, video extension: ``initial_latents``) are whole blocks before block
+0: they start out pending in every stage, so they ride along with each stage's first call.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ import enum
 import itertools
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,19 +44,11 @@ import torch
 
 from hiar import schedule
 from hiar.attention import AttentionSpec, KVCache, block_causal
+from hiar.grid import (  # noqa: F401  (re-exported: the grid's vocabulary is the sampler's)
+    Call, CellPlan, ContextRule, Ctx, Hybrid, Order, OrderError, Planner, Rule, cells, check_order,
+    check_pipelinable, dependencies, valid_orders,
+)
 from hiar.model import TextContext, WanModel
-
-
-class ContextRule(enum.Enum):
-    CLEAN = "clean"  # t_c = 0: Self-Forcing, CausVid
-    OUTPUT = "output"  # t_c = t_{j+1}: HiAR
-    INPUT = "input"  # t_c = t_j: ablation
-
-
-class Order(enum.Enum):
-    BLOCK_FIRST = "block_first"  # n outer, j inner
-    STEP_FIRST = "step_first"  # j outer, n inner (Alg. 1)
-    DIAGONAL = "diagonal"  # by n + j: streaming and pipelined order
 
 
 class Transition(enum.Enum):
@@ -58,14 +56,26 @@ class Transition(enum.Enum):
     RENOISE = "renoise"  # x0_hat re-noised with fresh bank noise (the released code)
 
 
-class OrderError(ValueError):
-    """An execution order that breaks the context rule's dependencies."""
+class InitContext(enum.Enum):
+    """How given frames enter the context.
+
+    ``CLEAN``: as clean context (sigma 0) in every stage's cache, what the released code does.
+    ``LEVEL``: at each stage's own context level, noised with the noise bank, as the stage sees the
+    blocks HiAR generates (under CLEAN rules both are the same).
+
+    The default is the released code's. Which is better is to be measured on the shapes world with
+    the trained students (continuation scores of real clips under both settings); no trained model
+    existed when this was written, so the default is not yet a measured choice.
+    """
+
+    CLEAN = "clean"
+    LEVEL = "level"
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     levels: tuple[float, ...] = tuple(schedule.student_levels().tolist())
-    context: ContextRule = ContextRule.OUTPUT
+    context: ContextRule | Hybrid = ContextRule.OUTPUT
     order: Order = Order.DIAGONAL
     transition: Transition = Transition.RENOISE
     block_frames: int = 3
@@ -73,6 +83,7 @@ class SamplerConfig:
     sink: int = 0
     fused: bool = True
     batched: bool = False  # run the independent cells of one anti-diagonal as one batched call
+    init_context: InitContext = InitContext.CLEAN  # given frames: clean, or at each stage's level
 
     def __post_init__(self):
         lv = list(self.levels)
@@ -80,6 +91,10 @@ class SamplerConfig:
             raise ValueError(f"levels must decrease strictly to a final 0, got {lv}")
         if self.batched and self.order is not Order.DIAGONAL:
             raise ValueError("batched mode runs anti-diagonals: it needs order=diagonal")
+        if not isinstance(self.context, (ContextRule, Hybrid)):
+            raise ValueError(f"context must be a ContextRule or a Hybrid, got {self.context!r}")
+        if isinstance(self.context, Hybrid) and self.context.first_steps > self.num_steps:
+            raise ValueError(f"hybrid first_steps must be in 0..{self.num_steps}, got {self.context.first_steps}")
 
     @property
     def num_steps(self) -> int:
@@ -90,67 +105,8 @@ class SamplerConfig:
         return block_causal(self.block_frames, self.window, self.sink)
 
     def context_level(self, j: int) -> float:
-        """Noise level of the context that cell (., j) reads (0-based step j)."""
-        if self.context is ContextRule.CLEAN:
-            return 0.0
-        return self.levels[j + 1] if self.context is ContextRule.OUTPUT else self.levels[j]
-
-
-# ------------------------------------------------------------------------------------------------
-# Orders and their validity
-
-
-def cells(order: Order, num_blocks: int | None, num_steps: int) -> Iterator[tuple[int, int]]:
-    """The cells (block n, step j) in execution order; unbounded when ``num_blocks`` is None."""
-    S = num_steps
-    if order is Order.BLOCK_FIRST:
-        for n in itertools.count() if num_blocks is None else range(num_blocks):
-            for j in range(S):
-                yield n, j
-    elif order is Order.STEP_FIRST:
-        if num_blocks is None:
-            raise OrderError("step_first finishes no block before the last step: it needs a finite number of blocks")
-        for j in range(S):
-            for n in range(num_blocks):
-                yield n, j
-    else:
-        for d in itertools.count() if num_blocks is None else range(num_blocks + S - 1):
-            for j in range(S):
-                n = d - j
-                if n >= 0 and (num_blocks is None or n < num_blocks):
-                    yield n, j
-
-
-def dependencies(rule: ContextRule, n: int, j: int, num_steps: int) -> list[tuple[int, int, str]]:
-    """Cells that must run before (n, j), each with the reason, per the design's table."""
-    deps = [(n, j - 1, f"block {n}'s own previous step")] if j > 0 else []
-    if n > 0:
-        m = n - 1
-        if rule is ContextRule.CLEAN:
-            deps.append((m, num_steps - 1, f"block {m} fully denoised (clean context, t_c = 0)"))
-        elif rule is ContextRule.OUTPUT:
-            deps.append((m, j, f"block {m} at the output level of step {j} (t_c = t_(j+1))"))
-        elif j > 0:
-            deps.append((m, j - 1, f"block {m} at the input level of step {j} (t_c = t_j)"))
-    return deps
-
-
-def check_order(order: Order, rule: ContextRule, num_steps: int, num_blocks: int | None = None) -> None:
-    """Refuse an order that would run a cell before one it depends on."""
-    if num_blocks is None and order is Order.STEP_FIRST:
-        raise OrderError("step_first finishes no block before the last step: it needs a finite number of blocks")
-    # A prefix of S + 2 blocks shows every kind of dependency of an unbounded run.
-    n_check = num_steps + 2 if num_blocks is None else num_blocks
-    done: set[tuple[int, int]] = set()
-    for n, j in cells(order, n_check, num_steps):
-        for dep in dependencies(rule, n, j, num_steps):
-            if dep[:2] not in done:
-                raise OrderError(
-                    f"order '{order.value}' is invalid for context rule {rule.name}: cell (block {n}, step {j}) "
-                    f"needs {dep[2]}, i.e. cell (block {dep[0]}, step {dep[1]}), which this order runs later"
-                    + (" (use order=block_first)" if rule is ContextRule.CLEAN else "")
-                )
-        done.add((n, j))
+        """Noise level of the context that cell (., j) reads (0-based step j; blocks past a hybrid's first K)."""
+        return self.levels[self.context.level(self.context.horizon, j, self.num_steps)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,7 +117,8 @@ class NoiseBank:
     """Gaussian noise keyed by (seed, block, step): the same cell gets the same noise everywhere.
 
     Each sample of the batch has its own seed, so a batch equals its samples run one by one.
-    Noise is drawn on the CPU in float32 (identical on every device) and then moved.
+    Noise is drawn on the CPU in float32 (identical on every device) and then moved. Given frames
+    (negative blocks) draw from a stream of their own.
     """
 
     def __init__(self, seeds: list[int], block_shape: tuple[int, ...], device=None, dtype=torch.float32):
@@ -172,14 +129,16 @@ class NoiseBank:
     def __call__(self, block: int, step: int) -> torch.Tensor:
         out = []
         for s in self.seeds:
-            key = int(np.random.SeedSequence([s, block, step]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+            seq = np.random.SeedSequence([s, block, step]) if block >= 0 else \
+                np.random.SeedSequence([s, -block, step], spawn_key=(1,))
+            key = int(seq.generate_state(1, np.uint64)[0]) & (2**63 - 1)
             gen = torch.Generator().manual_seed(key)
             out.append(torch.randn(self.block_shape, generator=gen, dtype=torch.float32))
         return torch.stack(out).to(device=self.device, dtype=self.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
-# The denoiser and one stage of the grid
+# The denoiser
 
 
 class Denoiser:
@@ -201,35 +160,11 @@ class Denoiser:
 
 
 @dataclass
-class Pending:
-    """A context block waiting to be written into a stage's cache (fused into the next read)."""
-
-    block: int
-    x: torch.Tensor
-    sigma: float
-
-
 class Stage:
-    """One context level: its KV cache and the block waiting to be written into it."""
+    """One KV cache and the steps that read it."""
 
-    def __init__(self, cache: KVCache):
-        self.cache = cache
-        self.pending: Pending | None = None
-        self.written = 0  # blocks written so far (they arrive in order)
-
-
-@dataclass
-class CellTask:
-    """What one cell sends through the model: [pending context block?, block n]."""
-
-    n: int
-    j: int
-    stage: Stage
-    x: torch.Tensor  # [B, C, F, H, W]
-    sigmas: torch.Tensor  # [B, F]
-    frames: torch.Tensor  # [F]
-    write_frames: int
-    pending_written: Pending | None
+    cache: KVCache
+    steps: list[int]
 
 
 @dataclass
@@ -258,15 +193,20 @@ class GridReport:
 
 
 # ------------------------------------------------------------------------------------------------
-# The sampler
+# The executor
 
 
 class GridSampler:
-    """Runs the grid for one prompt batch.
+    """Runs the planned calls of the grid for one prompt batch.
 
     >>> sampler = GridSampler(model, SamplerConfig(), text, seeds=[0], latent_shape=(16, 60, 104))
     >>> video = sampler.sample(num_blocks=7)            # [1, 16, 21, 60, 104]
     >>> for n, block in sampler.stream(num_blocks=None): ...   # unbounded, constant memory
+
+    ``initial_latents`` ``[B or 1, C, G k, H, W]``: given frames (whole blocks) that the video
+    continues; they are context only (``sample`` returns the generated blocks, numbered from 0).
+    ``teacher_context``: CausVid's teacher forcing, clean data latents as the clean context.
+    A sampler runs once (its caches hold the run).
     """
 
     def __init__(
@@ -278,6 +218,7 @@ class GridSampler:
         seeds: list[int],
         latent_shape: tuple[int, int, int],
         teacher_context: torch.Tensor | None = None,
+        initial_latents: torch.Tensor | None = None,
     ):
         self.model, self.cfg = model, config
         self.denoiser = Denoiser(model, text, config.attention)
@@ -285,85 +226,166 @@ class GridSampler:
         k = config.block_frames
         self.noise = NoiseBank(seeds, (C, k, H, W), device=model.device, dtype=model.dtype)
         self.batch = len(seeds)
-        # CausVid's teacher forcing: clean context comes from data, not from the model.
-        self.teacher_context = teacher_context
         if teacher_context is not None and config.context is not ContextRule.CLEAN:
             raise ValueError("teacher-forced context is clean data: it needs context=CLEAN")
-        S = config.num_steps
-        n_stages = 1 if config.context is ContextRule.CLEAN else S
-        self.stages = [Stage(model.new_cache(config.attention)) for _ in range(n_stages)]
+        self.teacher_context = teacher_context
+        self.given = None if initial_latents is None else self._check_given(initial_latents, latent_shape)
+        self.given_blocks = 0 if self.given is None else self.given.shape[2] // k
+        self.planner: Planner | None = None
+        self.stages: list[Stage] = []
+        self._kept: dict[Ctx, list] = {}  # produced context blocks waiting to be written: [tensor, stages left]
         self.report = GridReport()
 
-    # -- pieces shared with the pipelined runner ----------------------------------------------------
-    def stage_for(self, j: int) -> Stage:
-        return self.stages[0] if self.cfg.context is ContextRule.CLEAN else self.stages[j]
+    def _check_given(self, x: torch.Tensor, latent_shape) -> torch.Tensor:
+        k = self.cfg.block_frames
+        if x.dim() != 5 or tuple(x.shape[1:2]) + tuple(x.shape[3:]) != tuple(latent_shape) or x.shape[0] not in (1, self.batch):
+            raise ValueError(f"initial latents must be [{self.batch} or 1, {latent_shape[0]}, F, {latent_shape[1]}, "
+                             f"{latent_shape[2]}], got {tuple(x.shape)}")
+        if x.shape[2] == 0 or x.shape[2] % k:
+            raise ValueError(f"initial latents must be whole blocks of {k} frames, got {x.shape[2]} "
+                             f"(hiar.conditioning pads given frames to whole blocks)")
+        return x.expand(self.batch, -1, -1, -1, -1).to(device=self.model.device, dtype=self.model.dtype)
+
+    # -- setting up a run -------------------------------------------------------------------------
+    def start(self, num_blocks: int | None, exit_step: int | None = None) -> Planner:
+        """Plan the stages of a run and make their caches (``stream`` calls this; so does a pipeline rank)."""
+        if self.planner is not None:
+            raise RuntimeError("this sampler has run: its caches hold that run (make a new GridSampler)")
+        cfg = self.cfg
+        self.planner = Planner(cfg.context, cfg.num_steps, last_step=exit_step, given_blocks=self.given_blocks,
+                               given_at_levels=cfg.init_context is InitContext.LEVEL, fused=cfg.fused,
+                               num_blocks=num_blocks)
+        self.stages = [Stage(self.model.new_cache(cfg.attention), st.steps) for st in self.planner.stages]
+        return self.planner
 
     def initial(self, n: int) -> torch.Tensor:
         """Block n at the first level: pure bank noise (sigma_1 = 1 for every schedule we use)."""
         return self.noise(n, 0)
 
-    def _sigmas(self, sigma: float, frames: int) -> torch.Tensor:
+    # -- running calls ----------------------------------------------------------------------------
+    def _sigma(self, level: int) -> float:
+        return 0.0 if level == self.cfg.num_steps else self.cfg.levels[level]
+
+    def _context(self, c: Ctx) -> torch.Tensor:
+        """The tensor of a context block: a kept result, or given frames (noised to their level)."""
+        if c.block >= 0:
+            return self._kept[c][0]
+        k = self.cfg.block_frames
+        start = (self.given_blocks + c.block) * k
+        x0 = self.given[:, :, start:start + k]
+        if c.level == self.cfg.num_steps:
+            return x0
+        return schedule.renoise(x0, self.noise(c.block, c.level), self.cfg.levels[c.level])
+
+    def _release(self, call: Call) -> None:
+        for c in call.writes:
+            if c.block >= 0:
+                entry = self._kept[c]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._kept[c]
+
+    def _full(self, sigma: float, frames: int) -> torch.Tensor:
         return torch.full((self.batch, frames), float(sigma), dtype=torch.float64)
 
-    def plan_cell(self, n: int, j: int, x: torch.Tensor, stage: Stage) -> CellTask:
-        """Assemble the model input of cell (n, j), fusing the stage's pending write if fused."""
+    def _inputs(self, call: Call, x: torch.Tensor | None):
+        """Model input of a call: ``[writes..., block]``, per-frame sigmas, absolute frames, frames written."""
         k = self.cfg.block_frames
-        sigma = self.cfg.levels[j]
-        if stage.written + (stage.pending is not None) != n:
-            raise OrderError(f"cell (block {n}, step {j}) runs with {stage.written} blocks in its cache: blocks must arrive in order")
-        if self.cfg.context is ContextRule.INPUT:  # the block's own input is its context: write it now
-            return CellTask(n, j, stage, x, self._sigmas(sigma, k), torch.arange(n * k, n * k + k), k, None)
-        pend = stage.pending
-        if pend is not None and not self.cfg.fused:
-            self.flush(stage)
-            pend = None
-        if pend is None:
-            return CellTask(n, j, stage, x, self._sigmas(sigma, k), torch.arange(n * k, n * k + k), 0, None)
-        xin = torch.cat([pend.x, x], dim=2)
-        sig = torch.cat([self._sigmas(pend.sigma, k), self._sigmas(sigma, k)], dim=1)
-        return CellTask(n, j, stage, xin, sig, torch.arange((n - 1) * k, n * k + k), k, pend)
+        parts = [self._context(c) for c in call.writes]
+        sigmas = [self._full(self._sigma(c.level), k) for c in call.writes]
+        if call.cell is not None:
+            n, j = call.cell
+            parts.append(x)
+            sigmas.append(self._full(self.cfg.levels[j], k))
+            first = call.writes[0].block if call.writes else n
+        else:
+            first = call.writes[0].block
+        F = len(parts) * k
+        start = (self.given_blocks + first) * k
+        write = len(call.writes) * k + (k if call.self_write else 0)
+        return torch.cat(parts, dim=2), torch.cat(sigmas, dim=1), torch.arange(start, start + F), write
 
-    def flush(self, stage: Stage) -> None:
-        """Write the stage's pending context block in a call of its own."""
-        pend = stage.pending
-        if pend is None:
-            return
-        k = self.cfg.block_frames
-        frames = torch.arange(pend.block * k, pend.block * k + k)
+    def _write_only(self, call: Call) -> None:
+        x, sig, frames, write = self._inputs(call, None)
         with torch.no_grad():
-            self.denoiser(pend.x, self._sigmas(pend.sigma, k), stage.cache, frames, k)
-        stage.pending = None
-        stage.written += 1
+            self.denoiser(x, sig, self.stages[call.stage].cache, frames, write)
+        self._release(call)
 
-    def finish_cell(self, task: CellTask, velocity: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the transition; queue the context write. Returns (x at sigma_{j+1}, x0_hat)."""
-        n, j, stage = task.n, task.j, task.stage
-        if task.pending_written is not None or self.cfg.context is ContextRule.INPUT:
-            stage.pending = None
-            stage.written += 1
+    def _denoise(self, calls: list[Call], xs: list[torch.Tensor], grad_cells: set) -> list[torch.Tensor]:
+        """The cells' model calls; returns each cell's velocity for its block."""
+        k = self.cfg.block_frames
+        inputs = [self._inputs(c, x) for c, x in zip(calls, xs)]
+        out: list[torch.Tensor | None] = [None] * len(calls)
+        if len(calls) == 1 or not self.cfg.batched:
+            for i, (c, (x, sig, frames, write)) in enumerate(zip(calls, inputs)):
+                with torch.enable_grad() if c.cell in grad_cells else torch.no_grad():
+                    out[i] = self.denoiser(x, sig, self.stages[c.stage].cache, frames, write)[:, :, -k:]
+        else:
+            # Batched anti-diagonal: cells with the same input length share one call, each with its cache.
+            by_len: dict[int, list[int]] = {}
+            for i, inp in enumerate(inputs):
+                by_len.setdefault(inp[0].shape[2], []).append(i)
+            for idx in by_len.values():
+                writes = {inputs[i][3] for i in idx}
+                if len(writes) != 1:
+                    raise AssertionError("cells of one length must write alike")
+                x = torch.cat([inputs[i][0] for i in idx])
+                sig = torch.cat([inputs[i][1] for i in idx])
+                frames = torch.stack([inputs[i][2] for i in idx])
+                grad = any(calls[i].cell in grad_cells for i in idx)
+                with torch.enable_grad() if grad else torch.no_grad():
+                    v = self.denoiser(x, sig, [self.stages[calls[i].stage].cache for i in idx], frames, writes.pop())
+                for i, vi in zip(idx, v.split(self.batch)):
+                    # a cell batched with a grad cell keeps no graph of its own
+                    out[i] = vi[:, :, -k:] if calls[i].cell in grad_cells else vi[:, :, -k:].detach()
+        for c in calls:
+            self._release(c)
+        return out
+
+    def _transition(self, n: int, j: int, x: torch.Tensor, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x at sigma_{j+1}, x0_hat) of cell (n, j)."""
         sigma, sigma_next = self.cfg.levels[j], self.cfg.levels[j + 1]
         x0_hat = schedule.x0_from_velocity(x, velocity, sigma)
         if sigma_next == 0:
-            x_next = x0_hat
-        elif self.cfg.transition is Transition.EULER:
-            x_next = schedule.euler(x, velocity, sigma, sigma_next)
-        else:
-            x_next = schedule.renoise(x0_hat, self.noise(n, j + 1), sigma_next)
-        return x_next, x0_hat
+            return x0_hat, x0_hat
+        if self.cfg.transition is Transition.EULER:
+            return schedule.euler(x, velocity, sigma, sigma_next), x0_hat
+        return schedule.renoise(x0_hat, self.noise(n, j + 1), sigma_next), x0_hat
 
-    def queue_context(self, n: int, j: int, x_next: torch.Tensor, x0_hat: torch.Tensor, last: bool) -> None:
-        """After cell (n, j): the block's context for later blocks, at the rule's level."""
-        rule = self.cfg.context
-        if rule is ContextRule.OUTPUT:
-            self.stage_for(j).pending = Pending(n, x_next.detach(), self.cfg.levels[j + 1])
-        elif rule is ContextRule.CLEAN and last:
-            clean = x0_hat.detach()
-            if self.teacher_context is not None:
-                k = self.cfg.block_frames
-                clean = self.teacher_context[:, :, n * k:(n + 1) * k].to(clean)
-            self.stage_for(j).pending = Pending(n, clean, 0.0)
+    def run(self, plan: CellPlan, xs: list[torch.Tensor], grad_cells: set = frozenset()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Execute the calls of one planned group of cells whose inputs are ``xs``: (x_next, x0_hat) per cell."""
+        for call in plan.writes:
+            self._write_only(call)
+        velocities = self._denoise(plan.calls, xs, grad_cells)
+        S = self.cfg.num_steps
+        results = []
+        for call, x, v, keep in zip(plan.calls, xs, velocities, plan.keep):
+            n, j = call.cell
+            x_next, x0_hat = self._transition(n, j, x, v)
+            for c, stages in keep:  # context for later blocks is data: no gradient through it
+                if c.level == S:
+                    t = x0_hat if self.teacher_context is None else self._teacher_block(n).to(x0_hat)
+                else:
+                    t = x_next
+                self._kept[c] = [t.detach(), stages]
+            results.append((x_next, x0_hat))
+        return results
 
-    # -- running ----------------------------------------------------------------------------------
+    def _teacher_block(self, n: int) -> torch.Tensor:
+        k = self.cfg.block_frames
+        return self.teacher_context[:, :, n * k:(n + 1) * k]
+
+    def step(self, n: int, j: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cell, planned and run now (the pipelined runner's unit): (x at sigma_{j+1}, x0_hat)."""
+        return self.run(self.planner.plan([(n, j)]), [x])[0]
+
+    def finish(self, steps: list[int] | None = None) -> None:
+        """Write what is still pending into the caches of ``steps`` (default: all)."""
+        stages = None if steps is None else sorted({self.planner.stage_of[j] for j in steps})
+        for call in self.planner.trailing(stages):
+            self._write_only(call)
+
+    # -- streaming --------------------------------------------------------------------------------
     def stream(
         self,
         num_blocks: int | None,
@@ -379,32 +401,22 @@ class GridSampler:
         """
         cfg = self.cfg
         S = cfg.num_steps
-        last_step = S if exit_step is None else exit_step
-        if not 1 <= last_step <= S:
+        last = S if exit_step is None else exit_step
+        if not 1 <= last <= S:
             raise ValueError(f"exit_step must be in 1..{S}, got {exit_step}")
-        check_order(cfg.order, cfg.context, last_step, num_blocks)
-        order = cells(cfg.order, num_blocks, last_step)
+        check_order(cfg.order, cfg.context, last, num_blocks)
+        planner = self.start(num_blocks, last)
         state: dict[int, torch.Tensor] = {}
         ready: dict[int, torch.Tensor] = {}
         next_out = 0
         t0 = time.perf_counter()
         t_last = t0
-        for group in self._groups(order):
-            tasks = []
-            for n, j in group:
-                if n not in state:
-                    state[n] = self.initial(n)
-                tasks.append(self.plan_cell(n, j, state[n], self.stage_for(j)))
-            grad_cells = {(t.n, t.j) for t in tasks if grad and t.j == last_step - 1}
-            velocities = self.run_cells(tasks, grad_cells)
-            for task, v in zip(tasks, velocities):
-                n, j = task.n, task.j
-                x_next, x0_hat = self.finish_cell(task, v, state[n])
-                final = j == last_step - 1
-                self.queue_context(n, j, x_next, x0_hat, final)
-                if final:
+        for group in self._groups(cells(cfg.order, num_blocks, last)):
+            xs = [state.pop(n) if n in state else self.initial(n) for n, _ in group]
+            grad_cells = {(n, j) for n, j in group if grad and j == last - 1}
+            for (n, j), (x_next, x0_hat) in zip(group, self.run(planner.plan(group), xs, grad_cells)):
+                if j == last - 1:
                     ready[n] = x0_hat  # == x_next when the last step is the schedule's last
-                    del state[n]
                 else:
                     state[n] = x_next
             while next_out in ready:
@@ -416,9 +428,7 @@ class GridSampler:
                 self._account(t0)
                 yield next_out, ready.pop(next_out)
                 next_out += 1
-        for stage in self.stages:  # trailing writes: keep every cache complete
-            if stage.pending is not None:
-                self.flush(stage)
+        self.finish()  # trailing writes: keep every cache complete
         self._account(t0)
 
     def _account(self, t0: float) -> None:
@@ -439,36 +449,6 @@ class GridSampler:
         for _, diag in itertools.groupby(order, key=lambda c: c[0] + c[1]):
             yield list(diag)
 
-    def run_cells(self, tasks: list[CellTask], grad_cells: set = frozenset()) -> list[torch.Tensor]:
-        """Model calls for a group of cells; returns each cell's velocity for its block."""
-        k = self.cfg.block_frames
-        if len(tasks) == 1 or not self.cfg.batched:
-            out = []
-            for t in tasks:
-                with torch.enable_grad() if (t.n, t.j) in grad_cells else torch.no_grad():
-                    v = self.denoiser(t.x, t.sigmas, t.stage.cache, t.frames, t.write_frames)
-                out.append(v[:, :, -k:])
-            return out
-        # Batched anti-diagonal: cells with the same input length share one call, each with its cache.
-        out: list[torch.Tensor | None] = [None] * len(tasks)
-        by_len: dict[int, list[int]] = {}
-        for i, t in enumerate(tasks):
-            by_len.setdefault(t.x.shape[2], []).append(i)
-        for idx in by_len.values():
-            group = [tasks[i] for i in idx]
-            writes = {t.write_frames for t in group}
-            if len(writes) != 1:
-                raise AssertionError("cells of one length must write alike")
-            x = torch.cat([t.x for t in group])
-            sig = torch.cat([t.sigmas for t in group])
-            frames = torch.stack([t.frames for t in group])
-            with torch.enable_grad() if any((t.n, t.j) in grad_cells for t in group) else torch.no_grad():
-                v = self.denoiser(x, sig, [t.stage.cache for t in group], frames, writes.pop())
-            for i, vi, t in zip(idx, v.split(self.batch), group):
-                # a cell batched with a grad cell keeps no graph of its own
-                out[i] = vi[:, :, -k:] if (t.n, t.j) in grad_cells else vi[:, :, -k:].detach()
-        return out
-
     def sample(self, num_blocks: int, **kwargs) -> torch.Tensor:
         """All blocks, concatenated along frames: ``[B, C, num_blocks * k, H, W]``."""
         return torch.cat([b for _, b in self.stream(num_blocks, **kwargs)], dim=2)
@@ -482,8 +462,9 @@ def sample_video(
     seeds: list[int],
     latent_shape: tuple[int, int, int],
     config: SamplerConfig = SamplerConfig(),
+    initial_latents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GridReport]:
-    """One-call convenience: sample ``num_blocks`` blocks and return (latents, report)."""
-    sampler = GridSampler(model, config, text, seeds=seeds, latent_shape=latent_shape)
+    """One-call convenience: sample ``num_blocks`` blocks (after any given ones) and return (latents, report)."""
+    sampler = GridSampler(model, config, text, seeds=seeds, latent_shape=latent_shape, initial_latents=initial_latents)
     video = sampler.sample(num_blocks)
     return video, sampler.report
