@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from hiar.conditioning import GivenFrames, encode_given
 from hiar.model import WanModel
-from hiar.sampling import ContextRule, GridReport, GridSampler, Order, SamplerConfig
+from hiar.sampling import ContextRule, GridReport, GridSampler, Hybrid, Order, SamplerConfig
 from hiar.world.base import LatentCodec, TextEncoder
 
 # Inference settings of each method (all share the model, sampler and schedule).
@@ -27,20 +28,34 @@ METHODS: dict[str, dict] = {
     "causvid": dict(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST),  # teacher forcing is a training matter
     "causal-forcing": dict(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST),
     "hiar-input-context": dict(context=ContextRule.INPUT, order=Order.DIAGONAL),  # the t_c = t_j ablation
+    # The released code's hybrids (a HiAR model, part block-first): the first K blocks (hybrid_block0,
+    # --first-blocks) or the first M steps of every block (frame_first_steps, --first-steps).
+    "hybrid-blocks": dict(context=Hybrid(first_blocks=1), order=Order.BLOCK_FIRST),
+    "hybrid-steps": dict(context=Hybrid(first_steps=2), order=Order.BLOCK_FIRST),
 }
 
 SHAPES_FPS = 16
 BUNDLED_DIR = "assets"
 # The shapes model bundled for each method (``hiar/assets/<name>.safetensors``), trained and copied
 # there by scripts/train_shapes_bundle.sh.
-BUNDLED_MODELS = {"hiar": "shapes-hiar", "self-forcing": "shapes-self-forcing", "causvid": "shapes-causvid"}
+BUNDLED_MODELS = {"hiar": "shapes-hiar", "self-forcing": "shapes-self-forcing", "causvid": "shapes-causvid",
+                  "hybrid-blocks": "shapes-hiar", "hybrid-steps": "shapes-hiar"}
 REBUILD_HINT = "rebuild the bundled models with `bash scripts/train_shapes_bundle.sh` (about 2 h on a 2-core CPU)"
 
 
-def method_config(method: str, **overrides) -> SamplerConfig:
+def method_config(method: str, *, first_blocks: int | None = None, first_steps: int | None = None,
+                  **overrides) -> SamplerConfig:
+    """The method's sampler settings; ``overrides`` (None: keep) and a hybrid's split (first K blocks / M steps)."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
-    return replace(SamplerConfig(**METHODS[method]), **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(SamplerConfig(**METHODS[method]), **{k: v for k, v in overrides.items() if v is not None})
+    split = {k: v for k, v in dict(first_blocks=first_blocks, first_steps=first_steps).items() if v is not None}
+    if split:
+        if not isinstance(cfg.context, Hybrid):
+            raise ValueError(f"--first-blocks / --first-steps split a hybrid method (hybrid-blocks, hybrid-steps); "
+                             f"--method {method} runs context {cfg.context.name}")
+        cfg = replace(cfg, context=replace(cfg.context, **split))
+    return cfg
 
 
 def bundled_dir() -> Path:
@@ -114,9 +129,11 @@ def load_shapes_model(checkpoint: str | None, method: str = "hiar", device: str 
     return load_model(path, device=device).eval(), str(path)
 
 
-def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int) -> int:
-    """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames."""
-    return math.ceil(latent_frames(num_frames, codec) / block_frames)
+def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int, continuing: bool = False) -> int:
+    """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames (``continuing``
+    given frames: a causal VAE's first latent frame is then not a lone pixel frame)."""
+    latents = math.ceil(num_frames / codec.temporal_factor) if continuing else latent_frames(num_frames, codec)
+    return math.ceil(latents / block_frames)
 
 
 def write_blocks(
@@ -127,13 +144,15 @@ def write_blocks(
     writer=None,
     progress: bool = True,
     status: Callable[[], str] | None = None,
+    given: GivenFrames | None = None,
 ) -> torch.Tensor | None:
     """Decode latent blocks ``(n, [1, C, k, h, w])`` and hand the pixels to ``writer`` as they come.
 
     Codecs that mix frames across blocks (Wan's causal VAE) are decoded once, at the end. The last
     block may overshoot: the video is cut to ``num_frames``. Also on Ctrl-C, what is final is
     decoded and written before the caller closes the writer. Returns the pixels ``[3, F, H, W]``
-    in [-1, 1] when no writer is given, else None.
+    in [-1, 1] when no writer is given, else None. ``given`` frames come first, unchanged (then
+    ``num_frames`` generated ones); a mixing codec decodes the generated latents after theirs.
     """
     from tqdm.auto import tqdm
 
@@ -142,9 +161,9 @@ def write_blocks(
     written = 0
     bar = tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress)
 
-    def emit(latents: torch.Tensor) -> None:
+    def emit(latents: torch.Tensor, skip: int = 0) -> None:
         nonlocal written
-        pixels = world.codec.decode(latents.float())[0].clamp(-1, 1).cpu()[:, : num_frames - written]
+        pixels = world.codec.decode(latents.float())[0].clamp(-1, 1).cpu()[:, skip:][:, : num_frames - written]
         written += pixels.shape[1]
         if writer is not None:
             writer.write(pixels)
@@ -152,6 +171,8 @@ def write_blocks(
             kept.append(pixels)
         bar.update(pixels.shape[1])
 
+    if given is not None:
+        (writer.write if writer is not None else kept.append)(given.pixels)
     latents = []
     try:
         for _n, block in blocks:
@@ -162,7 +183,9 @@ def write_blocks(
             if status is not None:
                 bar.set_postfix(fps=status())
     finally:
-        if latents:
+        if latents and given is not None:  # decoded after the given latents, whose pixels are then skipped
+            emit(torch.cat([given.latents.to(latents[0])] + latents, dim=2), skip=given.pad_frames + given.num_frames)
+        elif latents:
             emit(torch.cat(latents, dim=2))
         bar.close()
     return torch.cat(kept, dim=1) if kept else None
@@ -178,15 +201,22 @@ def generate(
     seed: int = 0,
     writer=None,
     progress: bool = True,
+    init_frames: torch.Tensor | GivenFrames | None = None,
 ) -> tuple[torch.Tensor | None, GridReport]:
     """Generate ``num_frames`` video frames for ``prompt`` (see :func:`write_blocks`).
 
-    Returns the pixel video ``[3, F, H, W]`` in [-1, 1] when no writer is given (else None) and
-    the sampler's report.
+    ``init_frames`` (pixels ``[3, P, H, W]`` in [-1, 1], or already encoded
+    :class:`~hiar.conditioning.GivenFrames`): the video starts with them, unchanged, and continues
+    (image-to-video with one frame, video extension with more). Returns the pixel video
+    ``[3, P + num_frames, H, W]`` in [-1, 1] when no writer is given (else None) and the sampler's report.
     """
+    given = init_frames
+    if isinstance(init_frames, torch.Tensor):
+        given = encode_given(init_frames, world.codec, config.block_frames)
     text = world.text_encoder.encode([prompt]).to(model.device, model.dtype)
-    sampler = GridSampler(model, config, text, seeds=[seed], latent_shape=world.latent_shape)
-    blocks = sampler.stream(num_blocks_for(num_frames, world.codec, config.block_frames))
+    sampler = GridSampler(model, config, text, seeds=[seed], latent_shape=world.latent_shape,
+                          initial_latents=None if given is None else given.latents)
+    blocks = sampler.stream(num_blocks_for(num_frames, world.codec, config.block_frames, continuing=given is not None))
     video = write_blocks(blocks, world, num_frames, writer=writer, progress=progress,
-                         status=lambda: f"{sampler.report.frames_per_s:.1f}")
+                         status=lambda: f"{sampler.report.frames_per_s:.1f}", given=given)
     return video, sampler.report

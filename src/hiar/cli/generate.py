@@ -13,7 +13,7 @@ import torch
 from hiar.generate import (
     METHODS, generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
-from hiar.sampling import ContextRule, Order, Transition
+from hiar.sampling import ContextRule, InitContext, Order, Transition
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the text prompt (shapes world: e.g. 'a fast red circle on a dark background')")
     p.add_argument("-o", "--output", default="outputs/video.mp4", help="mp4 path (default: %(default)s)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--frames", type=int, default=None, help="video frames to generate (default: 84)")
+    length.add_argument("--frames", type=int, default=None, help="video frames to generate, after any given ones (default: 84)")
     length.add_argument("--seconds", type=float, default=None, help="video length in seconds at the world's fps")
     p.add_argument("--method", default="hiar", choices=list(METHODS), help="inference method (default: %(default)s)")
+    p.add_argument("--first-blocks", type=int, default=None, help="hybrid-blocks: leading blocks run block-first (default 1)")
+    p.add_argument("--first-steps", type=int, default=None, help="hybrid-steps: leading steps of each block run block-first (default 2)")
     p.add_argument("--order", choices=[o.value for o in Order], default=None, help="execution order (default: the method's)")
     p.add_argument("--context", choices=[c.value for c in ContextRule], default=None, help="override the method's context rule")
     p.add_argument("--transition", choices=[t.value for t in Transition], default=None)
@@ -34,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batched", action="store_true", help="run each anti-diagonal as one batched call")
     p.add_argument("--pipeline", action="store_true", help="one process per denoising step (torch.distributed)")
     p.add_argument("--seed", type=int, default=0)
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--init-image", default=None, help="image-to-video: the video starts from this image")
+    given.add_argument("--init-video", default=None, help="video extension: the video continues this clip")
+    p.add_argument("--init-frames", type=int, default=None, help="use the first N frames of --init-video (default: all)")
+    p.add_argument("--init-context", choices=[c.value for c in InitContext], default=None,
+                   help="given frames enter the context clean (default, as the released code) or at each step's level")
     p.add_argument("--checkpoint", default=None, help="model weights (hiar, Wan, diffusers or Self-Forcing format; "
                    "shapes default: the bundled student of --method)")
     p.add_argument("--world", choices=["shapes", "wan"], default="shapes")
@@ -70,18 +78,22 @@ def run(args: argparse.Namespace) -> int:
         sink=args.sink,
         fused=False if args.no_fuse else None,
         batched=True if args.batched else None,
+        init_context=InitContext(args.init_context) if args.init_context else None,
+        first_blocks=args.first_blocks,
+        first_steps=args.first_steps,
     )
+    given = _given_frames(args, world, config.block_frames)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"model: {source}", file=sys.stderr)
     print(f"{args.method}: context {config.context.name}, order {config.order.value}, {config.num_steps} steps, "
-          f"{frames} frames -> {out}", file=sys.stderr)
+          f"{frames} frames -> {out}" + (f" after {given.num_frames} given" if given else ""), file=sys.stderr)
     if args.pipeline:
-        return _run_pipelined(args, model, world, config, frames, out)
+        return _run_pipelined(args, model, world, config, frames, out, given)
     with VideoWriter(out, fps=world.fps) as writer:
         try:
             _, report = generate(model, world, args.prompt, num_frames=frames, config=config, seed=args.seed,
-                                 writer=writer, progress=not args.quiet)
+                                 writer=writer, progress=not args.quiet, init_frames=given)
         except KeyboardInterrupt:
             writer.close()
             print(f"interrupted: {writer.frames_written} frames saved to {out}", file=sys.stderr)
@@ -91,14 +103,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_pipelined(args, model, world, config, frames, out) -> int:
+def _given_frames(args, world, block_frames: int):
+    """The frames of --init-image / --init-video, encoded (None without them)."""
+    from hiar.conditioning import encode_given, read_clip, read_image
+
+    if args.init_frames is not None and not args.init_video:
+        raise ValueError("--init-frames picks frames of --init-video; give --init-video too")
+    if args.init_image:
+        pixels = read_image(args.init_image, (world.height, world.width))
+    elif args.init_video:
+        pixels = read_clip(args.init_video, (world.height, world.width), args.init_frames)
+    else:
+        return None
+    return encode_given(pixels, world.codec, block_frames)
+
+
+def _run_pipelined(args, model, world, config, frames, out, given) -> int:
     """Under torchrun: be one rank. Otherwise spawn one rank per step."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return _run_as_torchrun_rank(args, model, world, config, frames, out)
-    return _spawn_ranks(args, model, world, config, frames, out)
+        return _run_as_torchrun_rank(args, model, world, config, frames, out, given)
+    return _spawn_ranks(args, model, world, config, frames, out, given)
 
 
-def _run_as_torchrun_rank(args, model, world, config, frames, out) -> int:
+def _run_as_torchrun_rank(args, model, world, config, frames, out, given) -> int:
     """``torchrun --nproc-per-node S -m hiar.cli.main generate ... --pipeline``: the last rank writes."""
     import torch.distributed as dist
 
@@ -113,21 +140,22 @@ def _run_as_torchrun_rank(args, model, world, config, frames, out) -> int:
         model = model.to(f"cuda:{torch.cuda.current_device()}")
     try:
         text = world.text_encoder.encode([args.prompt]).to(model.device, model.dtype)
-        n_blocks = num_blocks_for(frames, world.codec, config.block_frames)
-        blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks)
+        n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
+        blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks,
+                                 initial_latents=None if given is None else given.latents)
         if rank != world_size - 1:
             for _ in blocks:  # the other ranks yield nothing
                 pass
             return 0
         with VideoWriter(out, fps=world.fps) as writer:
-            write_blocks(blocks, world, frames, writer=writer, progress=not args.quiet)
+            write_blocks(blocks, world, frames, writer=writer, progress=not args.quiet, given=given)
         print(f"rank {rank}: wrote {out}: {writer.frames_written} frames", file=sys.stderr)
         return 0
     finally:
         dist.destroy_process_group()
 
 
-def _spawn_ranks(args, model, world, config, frames, out) -> int:
+def _spawn_ranks(args, model, world, config, frames, out, given) -> int:
     """Spawn one rank per step; the video is written when the ranks are done."""
     from hiar.checkpoint import save_model
     from hiar.pipeline import PipelineJob, spawn_pipeline_timed
@@ -135,14 +163,15 @@ def _spawn_ranks(args, model, world, config, frames, out) -> int:
     import tempfile
 
     text = world.text_encoder.encode([args.prompt])
-    n_blocks = num_blocks_for(frames, world.codec, config.block_frames)
+    n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
     with tempfile.TemporaryDirectory(prefix="hiar-gen-") as tmp:
         weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
         job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, text, [args.seed],
-                          world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps))
+                          world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps),
+                          initial_latents=None if given is None else given.latents)
         result = spawn_pipeline_timed(job)
     with VideoWriter(out, fps=world.fps) as writer:
-        write_blocks([(0, result.video)], world, frames, writer=writer, progress=False)
+        write_blocks([(0, result.video)], world, frames, writer=writer, progress=False, given=given)
     print(f"wrote {out}: {frames} frames over {config.num_steps} processes, "
           f"{frames / result.wall_s:.1f} frames/s, first block after {result.first_block_latency_s:.3f} s", file=sys.stderr)
     return 0
