@@ -70,22 +70,25 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "cli/config.yaml").read_text())["optimizer"]["lr"] == 0.001
     assert main(["train", str(config), "--set", "stepz=2"]) == 2
     assert "stepz" in capsys.readouterr().err
-    assert main(["train", str(config), "--set", "steps=3", "--no-resume"]) == 0
+    assert main(["train", str(config), "--set", "steps=3", "--overwrite"]) == 0
     log = [json.loads(x) for x in (tmp_path / "cli/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # started over
 
 
 def test_the_shapes_recipe_chains_its_stages():
     recipe = {p.stem: load_stage_config(p) for p in sorted((ROOT / "configs/shapes").glob("*.yaml"))}
-    assert set(recipe) == {"teacher", "trajectories", "ode_init", "diffusion_forcing", "dmd_self_forcing",
-                           "dmd_causvid", "dmd_hiar"}
+    assert set(recipe) == {"teacher_short", "teacher", "trajectories", "ode_init", "diffusion_forcing",
+                           "dmd_self_forcing", "dmd_causvid", "dmd_hiar"}
     out = {name: cfg.output_dir for name, cfg in recipe.items()}
+    assert recipe["teacher_short"].model.preset == "toy" and recipe["teacher_short"].model.checkpoint is None
+    assert recipe["teacher"].model.checkpoint == f"{out['teacher_short']}/model.safetensors"
+    assert recipe["teacher"].data.num_frames == 21
     assert recipe["trajectories"].model.checkpoint == f"{out['teacher']}/model.safetensors"
     assert recipe["ode_init"].trajectories == out["trajectories"]
     assert recipe["ode_init"].model.checkpoint == f"{out['teacher']}/model.safetensors"
     assert recipe["diffusion_forcing"].model.checkpoint == f"{out['ode_init']}/model.safetensors"
     for name in ("dmd_self_forcing", "dmd_causvid", "dmd_hiar"):
-        assert recipe[name].model.checkpoint == f"{out['diffusion_forcing']}/model.safetensors"
+        assert recipe[name].model.checkpoint == f"{out['ode_init']}/model.safetensors"  # diffusion forcing is optional
         assert recipe[name].teacher.checkpoint == f"{out['teacher']}/model.safetensors"
         assert recipe[name].method == name[4:]
     assert recipe["dmd_hiar"].fkl.weight == 0.1 and recipe["dmd_hiar"].fkl.trajectories == out["trajectories"]
@@ -95,10 +98,12 @@ def test_the_shapes_recipe_chains_its_stages():
     assert wan.negative_prompt.startswith("色调艳丽，过曝，静态") and wan.negative_prompt.endswith("倒着走")
 
 
-def test_recipe_teacher_config_runs_with_small_overrides(tmp_path):
-    over = {"output_dir": str(tmp_path / "t"), "steps": 1, "batch_size": 1, "data.num_frames": 3,
-            "data.shapes": {"height": 8, "width": 8}, "progress": False, "tensorboard": False}
-    summary = run_stage(load_stage_config(ROOT / "configs/shapes/teacher.yaml", over))
+def test_recipe_teacher_configs_run_with_small_overrides(tmp_path):
+    over = {"steps": 1, "batch_size": 1, "data.num_frames": 3, "progress": False, "tensorboard": False}
+    summary = run_stage(load_stage_config(ROOT / "configs/shapes/teacher_short.yaml", {**over, "output_dir": str(tmp_path / "s")}))
+    assert summary["end_step"] == 1 and (tmp_path / "s/model.safetensors").is_file()
+    phase2 = {**over, "output_dir": str(tmp_path / "t"), "model.checkpoint": str(tmp_path / "s/model.safetensors")}
+    summary = run_stage(load_stage_config(ROOT / "configs/shapes/teacher.yaml", phase2))
     assert summary["end_step"] == 1 and (tmp_path / "t/model.safetensors").is_file()
 
 
