@@ -14,14 +14,10 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
-import socket
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -158,87 +154,45 @@ def pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``<folder>/run.lock``, held with ``fcntl.flock`` for the life of a run (see the module doc)."""
+    """``<folder>/run.lock``, held with ``fcntl.flock`` for the life of a run (:class:`hiar.lockfile.LockFile`)."""
 
     def __init__(self, folder: Path):
+        from hiar.lockfile import LockFile
+
         self.folder = Path(folder)
         self.path = self.folder / LOCK
-        self._fd: int | None = None
+        self._lock = LockFile(self.path)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
-
-    def _holder(self, fd: int) -> dict:
-        try:
-            raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-            return dict(json.loads(raw)) if raw.strip() else {}
-        except (OSError, ValueError, TypeError):
-            return {}
+        return self._lock.held
 
     def acquire(self) -> str | None:
         """Take the lock; returns a note when a stale lock (of a process that is gone) was taken over.
 
         Raises :class:`RunLockedError` naming the holder's PID when another process holds it.
         """
-        import fcntl
+        from hiar.lockfile import LockHeld, describe_holder
 
-        if self._fd is not None:
+        if self._lock.held:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            unsupported = None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    unsupported = err  # a file system without locks: go on, unprotected, and say so
-                else:
-                    holder = self._holder(fd)
-                    os.close(fd)
-                    who = f"PID {holder.get('pid', '?')}" + (f" on {holder['host']}" if holder.get("host") else "")
-                    since = f", since {holder['started']}" if holder.get("started") else ""
-                    raise RunLockedError(
-                        f"{self.folder} is in use by another hiar train ({who}{since}): wait for it to finish or "
-                        f"stop it; one run folder takes one trainer at a time (lock: {self.path})") from None
-            try:  # the holder may have removed the file between our open and our flock: lock the new one
-                st, fst = os.stat(self.path), os.fstat(fd)
-                same = (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            previous = self._holder(fd)
-            mine = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}
-            data = json.dumps(mine).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
-            os.fsync(fd)
-            self._fd = fd
-            if unsupported is not None:
-                return (f"cannot lock {self.path} ({one_line(unsupported)}): nothing stops a second trainer "
-                        f"from using this folder")
-            if previous:
-                who = f"PID {previous.get('pid', '?')}" + (f" on {previous['host']}" if previous.get("host") else "")
-                return f"took over the stale lock {self.path} of {who} (that process no longer holds it)"
-            return None
-        raise RunLockedError(f"could not take the lock {self.path}: it keeps being replaced by another process")
+        try:
+            self._lock.acquire()
+        except LockHeld as err:
+            raise RunLockedError(
+                f"{self.folder} is in use by another hiar train ({describe_holder(err.holder)}): wait for it to "
+                f"finish or stop it; one run folder takes one trainer at a time (lock: {self.path})") from None
+        if self._lock.unsupported is not None:
+            return (f"cannot lock {self.path} ({one_line(self._lock.unsupported)}): nothing stops a second trainer "
+                    f"from using this folder")
+        if self._lock.stale:
+            who = describe_holder({k: v for k, v in self._lock.stale.items() if k != "started"})
+            return f"took over the stale lock {self.path} of {who} (that process no longer holds it)"
+        return None
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            st, fst = os.stat(self.path), os.fstat(fd)
-            if (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev):
-                os.unlink(self.path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        self._lock.release()
 
 
 # ------------------------------------------------------------------------------------------------
