@@ -105,3 +105,17 @@ class CopyModel(torch.nn.Module):
                 c.store(0, t, t, slots, 1)
                 c.commit(written, slots, 1)
         return out
+
+
+def save_toy_checkpoint(path, seed: int = 0, poison: float | None = None):
+    """A random `toy` model (the shapes world's size) saved as hiar safetensors at ``path``;
+    ``poison`` (e.g. nan) is written into one weight of the output head."""
+    from hiar.checkpoint import save_model
+    from hiar.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("toy")
+    if poison is not None:
+        with torch.no_grad():
+            model.head.head.weight[0, 0] = poison
+    return save_model(model, path)

@@ -14,30 +14,33 @@ from tests.helpers import tiny_model
 PROMPT = "a fast red circle and a slow blue square on a dark background"
 
 
-def test_generate_writes_the_asked_number_of_frames(tmp_path):
+def test_generate_writes_the_asked_number_of_frames(tmp_path, toy_checkpoint):
     out = tmp_path / "v.mp4"
-    assert main(["generate", PROMPT, "--frames", "10", "-o", str(out), "--quiet"]) == 0
+    assert main(["generate", PROMPT, "--frames", "10", "-o", str(out), "--quiet", "--checkpoint", str(toy_checkpoint)]) == 0
     frames = read_video(out, native=True)
     assert frames.shape[0] == 10  # 4 blocks of 3, trimmed to 10
     assert frames.shape[1:] == (32, 32, 3)
 
 
-def test_generate_by_seconds_and_method(tmp_path):
+def test_generate_by_seconds_and_method(tmp_path, toy_checkpoint):
     out = tmp_path / "sf.mp4"
-    assert main(["generate", PROMPT, "--seconds", "0.5", "--method", "self-forcing", "-o", str(out), "--quiet"]) == 0
+    assert main(["generate", PROMPT, "--seconds", "0.5", "--method", "self-forcing", "-o", str(out), "--quiet",
+                 "--checkpoint", str(toy_checkpoint)]) == 0
     assert read_video(out, native=True).shape[0] == 8  # 0.5 s at 16 fps
 
 
-def test_invalid_order_is_refused_with_the_dependency(tmp_path, capsys):
+def test_invalid_order_is_refused_with_the_dependency(tmp_path, capsys, toy_checkpoint):
     out = tmp_path / "bad.mp4"
-    code = main(["generate", PROMPT, "--method", "self-forcing", "--order", "step_first", "--frames", "6", "-o", str(out), "--quiet"])
+    code = main(["generate", PROMPT, "--method", "self-forcing", "--order", "step_first", "--frames", "6", "-o", str(out),
+                 "--quiet", "--checkpoint", str(toy_checkpoint)])
     assert code == 2
     assert "needs block 0 fully denoised" in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_unknown_word_is_refused(tmp_path, capsys):
-    code = main(["generate", "a fast mauve circle", "--frames", "3", "-o", str(tmp_path / "x.mp4"), "--quiet"])
+def test_unknown_word_is_refused(tmp_path, capsys, toy_checkpoint):
+    code = main(["generate", "a fast mauve circle", "--frames", "3", "-o", str(tmp_path / "x.mp4"), "--quiet",
+                 "--checkpoint", str(toy_checkpoint)])
     assert code == 2
     assert "mauve" in capsys.readouterr().err
 
@@ -75,7 +78,7 @@ def test_generation_streams_blocks_to_the_writer_and_stops_cleanly():
     assert [b.shape[1] for b in writer.blocks] == [3, 3]
 
 
-def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
+def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path, toy_checkpoint):
     import os
     import signal
     import subprocess
@@ -84,15 +87,15 @@ def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
 
     out = tmp_path / "long.mp4"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hiar.cli.main", "generate", PROMPT, "--frames", "30000", "-o", str(out), "--quiet"],
+        [sys.executable, "-m", "hiar.cli.main", "generate", PROMPT, "--frames", "30000", "-o", str(out), "--quiet",
+         "--checkpoint", str(toy_checkpoint)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
-        partial = tmp_path / "long.partial.mp4"
         deadline = time.time() + 120
-        while not partial.exists() and time.time() < deadline and proc.poll() is None:
+        while not list(tmp_path.glob("long.*.partial.mp4")) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert partial.exists(), proc.stderr.read() if proc.poll() is not None else "no frames written in time"
+        assert list(tmp_path.glob("long.*.partial.mp4")), proc.stderr.read() if proc.poll() is not None else "no frames in time"
         time.sleep(1.0)  # a few more blocks
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -103,7 +106,7 @@ def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path):
     assert "interrupted" in err
     frames = read_video(out, native=True)
     assert 3 <= frames.shape[0] < 30000  # the Ctrl-C may land mid-block: every frame encoded is kept
-    assert not (tmp_path / "long.partial.mp4").exists()
+    assert not list(tmp_path.glob("*.partial.mp4")) and not list(tmp_path.glob(".*.lock"))
 
 
 class FourToOneCodec:

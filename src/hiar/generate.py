@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hiar.conditioning import GivenFrames, encode_given
+from hiar.errors import UserError
 from hiar.model import WanModel
 from hiar.sampling import ContextRule, GridReport, GridSampler, Hybrid, Order, SamplerConfig
 from hiar.world.base import LatentCodec, TextEncoder
@@ -35,6 +36,7 @@ METHODS: dict[str, dict] = {
 }
 
 SHAPES_FPS = 16
+WAN_FPS = 16
 BUNDLED_DIR = "assets"
 # The shapes model bundled for each method (``hiar/assets/<name>.safetensors``), trained and copied
 # there by scripts/train_shapes_bundle.sh.
@@ -118,7 +120,7 @@ def wan_world(vae_dir: str, text_encoder_dir: str, height: int = 480, width: int
 
     vae = WanVAE.from_pretrained(vae_dir, device=device)
     text = UMT5TextEncoder.from_pretrained(text_encoder_dir, device=device)
-    return World("wan", vae, text, height, width, 16)
+    return World("wan", vae, text, height, width, WAN_FPS)
 
 
 def load_shapes_model(checkpoint: str | None, method: str = "hiar", device: str = "cpu") -> tuple[WanModel, str]:
@@ -129,11 +131,101 @@ def load_shapes_model(checkpoint: str | None, method: str = "hiar", device: str 
     return load_model(path, device=device).eval(), str(path)
 
 
+def check_device(name: str, flag: str = "--device") -> torch.device:
+    """``name`` as a torch device this machine has; else a one-line error naming ``flag``."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {name!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: CUDA is not available here (torch {torch.__version__}); use {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"{flag} {name}: hiar runs on cpu or cuda")
+    return device
+
+
+def fit_attention(config: SamplerConfig, num_blocks: int) -> tuple[SamplerConfig, dict[str, str]]:
+    """Cut a KV window or sink longer than the video to the video's latent frames; a note for each
+    (keyed ``window`` / ``sink``).
+
+    A block never sees more than the whole video, so the output is the same; the caches (``sink +
+    window - k`` frames, allocated at the first write) are then no bigger than the video.
+    """
+    frames = num_blocks * config.block_frames
+    changes, notes = {}, {}
+    for name in ("window", "sink"):
+        value = getattr(config, name)
+        if value is not None and value > frames:
+            changes[name] = frames
+            notes[name] = f"--{name} {value} is longer than the video ({frames} latent frames): using {frames}"
+    return replace(config, **changes), notes
+
+
+def kv_cache_bytes(model: WanModel, config: SamplerConfig, latent_shape: tuple[int, int, int], batch: int = 1) -> int | None:
+    """Bytes of all KV caches of a run (keys and values, every layer and stage); None when unbounded."""
+    frames = config.attention.cache_frames
+    if frames is None:
+        return None
+    _, H, W = latent_shape
+    pt, ph, pw = model.cfg.patch_size
+    tokens = frames * (H // ph) * (W // pw) // pt
+    stages = _num_caches(config)
+    element = torch.empty(0, dtype=model.dtype).element_size()
+    return stages * model.cfg.num_layers * 2 * batch * tokens * model.cfg.dim * element
+
+
+def _num_caches(config: SamplerConfig) -> int:
+    """KV caches of a run: one per group of steps that read the same context levels."""
+    from hiar.grid import Planner
+
+    return len(Planner(config.context, config.num_steps).stages)
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` (CPU: MemAvailable), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GiB``, ``977 TiB``: bytes in the largest binary unit that keeps the number at least 1."""
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.3g} {units[i]}"
+
+
+def check_cache_fits(model: WanModel, config: SamplerConfig, latent_shape: tuple[int, int, int], device: torch.device) -> None:
+    """Refuse, before anything is allocated, KV caches bigger than the memory free on ``device``."""
+    need, free = kv_cache_bytes(model, config, latent_shape), free_memory_bytes(device)
+    if need is None or free is None or need <= 0.9 * free:
+        return
+    raise ValueError(
+        f"--window {config.window} with --sink {config.sink} needs {human_bytes(need)} of KV caches "
+        f"({config.attention.cache_frames} frames x {model.cfg.num_layers} layers x {_num_caches(config)} caches), "
+        f"but only {human_bytes(free)} is free on {device}: lower --window or --sink")
+
+
 def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int, continuing: bool = False) -> int:
     """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames (``continuing``
     given frames: a causal VAE's first latent frame is then not a lone pixel frame)."""
     latents = math.ceil(num_frames / codec.temporal_factor) if continuing else latent_frames(num_frames, codec)
     return math.ceil(latents / block_frames)
+
+
+class NonFiniteOutputError(UserError):
+    """The model gave NaN or infinite values: a broken checkpoint, not a video."""
 
 
 def write_blocks(
@@ -152,7 +244,9 @@ def write_blocks(
     block may overshoot: the video is cut to ``num_frames``. Also on Ctrl-C, what is final is
     decoded and written before the caller closes the writer. Returns the pixels ``[3, F, H, W]``
     in [-1, 1] when no writer is given, else None. ``given`` frames come first, unchanged (then
-    ``num_frames`` generated ones); a mixing codec decodes the generated latents after theirs.
+    ``num_frames`` generated ones); a mixing codec decodes the generated latents after theirs. A
+    block with NaN or infinite values (a broken checkpoint) is not written:
+    :class:`NonFiniteOutputError` names it, and the blocks before it stay.
     """
     from tqdm.auto import tqdm
 
@@ -175,7 +269,9 @@ def write_blocks(
         (writer.write if writer is not None else kept.append)(given.pixels)
     latents = []
     try:
-        for _n, block in blocks:
+        for n, block in blocks:
+            if not bool(torch.isfinite(block).all()):
+                raise NonFiniteOutputError(f"the output is not finite (NaN or inf) in block {n}")
             if streaming:
                 emit(block)
             else:

@@ -8,16 +8,20 @@ keep S cells in flight. The noise bank is keyed by (seed, block, step), so the o
 single-process run's, bit for bit on the same hardware.
 
 Launch with ``torchrun --nproc-per-node S your_script.py`` (calling :func:`pipeline_stream`), or
-let :func:`spawn_pipeline` start the ranks itself (what ``hiar generate --pipeline`` does). A rank
-that fails takes the others down: the launcher terminates them and re-raises the first error, and
-every receive has a timeout so no rank waits forever on a dead peer.
+let :class:`SpawnedPipeline` start the ranks itself (what ``hiar generate --pipeline`` does): the last
+rank sends each block to the launching process as soon as it is final, so the caller can write it at
+once and a stopped or failed run keeps every finished block. A rank that fails takes the others
+down: the launcher terminates them and raises :class:`PipelineError` naming the first rank that
+failed, and every receive has a timeout so no rank waits forever on a dead peer.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import io
 import os
+import queue
+import signal
 import socket
 import tempfile
 import time
@@ -29,11 +33,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from hiar.errors import UserError, one_line
 from hiar.model import TextContext, WanModel
 from hiar.sampling import GridSampler, Order, SamplerConfig, check_pipelinable
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A rank of the pipeline failed; the message names the rank and its error."""
 
 
@@ -110,7 +115,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str, blocks: "queue.Queue") -> None:
+    # Ctrl-C reaches the whole process group: the launcher decides, and terminates the ranks itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(job.threads_per_rank)
     use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
@@ -124,15 +131,14 @@ def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str) ->
             model = model.to(f"cuda:{rank}")
         dist.barrier()  # time the pipeline, not process start-up and model loading
         t0 = time.perf_counter()
-        blocks, times = [], []
         for n, block in pipeline_stream(model, job.config, job.text.to(model.device), seeds=job.seeds,
                                         latent_shape=job.latent_shape, num_blocks=job.num_blocks,
                                         initial_latents=job.initial_latents):
-            blocks.append(block.cpu())
-            times.append(time.perf_counter() - t0)
-        if blocks:
-            torch.save(torch.cat(blocks, dim=2), Path(out_dir) / "video.pt")
-            (Path(out_dir) / "times.json").write_text(json.dumps(times))
+            buf = io.BytesIO()
+            torch.save(block.cpu(), buf)
+            blocks.put((n, buf.getvalue(), time.perf_counter() - t0))
+        if rank == world - 1:
+            blocks.put(None)  # the last block was sent
     except BaseException:
         (Path(out_dir) / f"error-rank{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -154,6 +160,95 @@ class PipelineResult:
         return self.block_done_s[-1]
 
 
+class SpawnedPipeline:
+    """Start one process per step and yield ``(n, x0 block)`` in the launching process as each is final.
+
+    >>> with SpawnedPipeline(job) as run:
+    ...     for n, block in run: ...    # [B, C, k, h, w], as soon as the last rank has it
+    >>> run.block_done_s                 # when each block was final, from the ranks' start barrier
+
+    Leaving the ``with`` block or the loop early (a ``break``, Ctrl-C, an error in the caller)
+    terminates the ranks at once. A rank that fails ends the loop with :class:`PipelineError`
+    naming it; the blocks yielded before stay the caller's.
+    """
+
+    def __init__(self, job: PipelineJob, poll_s: float = 0.1):
+        _check(job.config, job.config.num_steps)
+        self.job, self.poll_s = job, poll_s
+        self.block_done_s: list[float] = []
+        self._context = None
+
+    def __enter__(self) -> "SpawnedPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Terminate the ranks that still run."""
+        context, self._context = self._context, None
+        if context is not None:
+            _stop(context)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        import torch.multiprocessing as mp
+
+        world = self.job.config.num_steps
+        with tempfile.TemporaryDirectory(prefix="hiar-pipeline-") as out_dir:
+            blocks = mp.get_context("spawn").Queue()
+            self._context = context = mp.start_processes(
+                _worker, args=(world, self.job, _free_port(), out_dir, blocks), nprocs=world, join=False,
+                start_method="spawn")
+            try:
+                while (item := self._next(blocks, context, out_dir)) is not None:
+                    n, data, done_s = item
+                    self.block_done_s.append(done_s)
+                    yield n, torch.load(io.BytesIO(data), weights_only=True)
+                while not self._join(context, out_dir, timeout=self.poll_s):
+                    pass
+            finally:
+                self.close()
+
+    def _next(self, blocks, context, out_dir):
+        """The next message of the last rank; raises :class:`PipelineError` as soon as a rank fails."""
+        while True:
+            try:
+                return blocks.get(timeout=self.poll_s)
+            except queue.Empty:
+                if self._join(context, out_dir, timeout=0):  # every rank is done, yet no end mark came
+                    try:
+                        return blocks.get(timeout=5)
+                    except queue.Empty:
+                        raise PipelineError("pipelined inference: the ranks exited without sending the video") from None
+
+    @staticmethod
+    def _join(context, out_dir: str, timeout: float) -> bool:
+        try:
+            return context.join(timeout)
+        except Exception as err:  # ProcessRaisedException / ProcessExitedException: the others were terminated
+            raise _first_failure(out_dir, err) from None
+
+
+def _first_failure(out_dir: str, err: Exception) -> PipelineError:
+    """The first rank to fail is the cause; the others then lost their peer."""
+    errors = sorted(Path(out_dir).glob("error-rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
+    detail = errors[0].read_text().strip().splitlines()[-1] if errors else one_line(str(err).strip().splitlines()[-1])
+    who = errors[0].stem.replace("error-", "") if errors else "a rank"
+    return PipelineError(f"pipelined inference failed on {who}: {detail}")
+
+
+def _stop(context) -> None:
+    """Terminate ranks that still run (the loop was left early) and reap them."""
+    for proc in context.processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in context.processes:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def spawn_pipeline(job: PipelineJob) -> torch.Tensor:
     """Start one process per step, run the pipeline, return the video ``[B, C, F, H, W]``."""
     return spawn_pipeline_timed(job).video
@@ -161,18 +256,6 @@ def spawn_pipeline(job: PipelineJob) -> torch.Tensor:
 
 def spawn_pipeline_timed(job: PipelineJob) -> PipelineResult:
     """:func:`spawn_pipeline`, also returning when each block was done (timed after start-up)."""
-    import torch.multiprocessing as mp
-
-    world = job.config.num_steps
-    _check(job.config, world)
-    with tempfile.TemporaryDirectory(prefix="hiar-pipeline-") as out_dir:
-        try:
-            mp.start_processes(_worker, args=(world, job, _free_port(), out_dir), nprocs=world, start_method="spawn")
-        except Exception as err:  # ProcessRaisedException / ProcessExitedException: others were terminated
-            # The first rank to fail is the cause; the others then lose their peer.
-            errors = sorted(Path(out_dir).glob("error-rank*.txt"), key=lambda p: p.stat().st_mtime_ns)
-            detail = errors[0].read_text().strip().splitlines()[-1] if errors else str(err).strip().splitlines()[-1]
-            who = errors[0].stem.replace("error-", "") if errors else "a rank"
-            raise PipelineError(f"pipelined inference failed on {who}: {detail}") from None
-        video = torch.load(Path(out_dir) / "video.pt", weights_only=True)
-        return PipelineResult(video, json.loads((Path(out_dir) / "times.json").read_text()))
+    with SpawnedPipeline(job) as run:
+        video = torch.cat([block for _, block in run], dim=2)
+    return PipelineResult(video, run.block_done_s)

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=320, help="video frames (default: %(default)s = 20 s at 16 fps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stop_signals=True)
 
 
 class _KeepingWriter:
@@ -38,14 +38,17 @@ class _KeepingWriter:
 def run(args: argparse.Namespace) -> int:
     from hiar.eval.shapes_scores import score_video
     from hiar.generate import generate, load_shapes_model, method_config, shapes_world
-    from hiar.video import VideoWriter, contact_sheet
+    from hiar.signals import exit_code
+    from hiar.video import VideoWriter, check_video_path, contact_sheet
 
     if args.frames < 3:
         raise ValueError(f"--frames must be at least 3 (one block), got {args.frames}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {args.seed}")
+    out = check_video_path(args.output)  # before any work
     model, source = load_shapes_model(None, "hiar")
     world = shapes_world(model)
     world.text_encoder.encode([args.prompt])  # refuse an unknown word before anything is written
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"model: {source}\nprompt: {args.prompt!r}, {args.frames} frames ({args.frames / world.fps:.0f} s)", file=sys.stderr)
     with VideoWriter(out, fps=world.fps) as video:
@@ -53,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             _, report = generate(model, world, args.prompt, num_frames=args.frames, config=method_config("hiar", window=21),
                                  seed=args.seed, writer=keeping, progress=not args.quiet)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
             video.close()
             print(f"interrupted: {video.frames_written} frames saved to {out}", file=sys.stderr)
-            return 130
+            return exit_code(err)
     pixels = torch.cat(keeping.blocks, dim=1)  # [3, F, H, W] in [-1, 1]
     sheet = contact_sheet({"HiAR": pixels}, out.with_suffix(".png"), columns=10, title=args.prompt)
     scores = score_video(pixels, args.prompt, world=None)

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from hiar.errors import check_output_path
+
 SLOT_SHORT = {"quality_musiq": "musiq", "quality_clipiqa": "clipiqa", "coherence_dinov2": "dino",
               "coherence_lpips": "lpips", "saturation": "sat", "sharpness": "sharp", "colour_shift": "colour"}
 
@@ -35,7 +37,7 @@ def register(sub) -> None:
     d.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex")
     d.add_argument("--device", default="cpu")
     _outputs(d, "drift")
-    d.set_defaults(func=run_drift)
+    d.set_defaults(func=run_drift, stop_signals=True)
 
     s = evsub.add_parser("shapes", help="semantic / dynamic / quality scores of shapes-world videos",
                          description="Score shapes-world videos against their prompts by the world's own truth.")
@@ -44,7 +46,7 @@ def register(sub) -> None:
                    help="text file, one prompt per line, in the order of the videos (blank and '#' lines skipped)")
     s.add_argument("--reference-clips", type=int, default=8, help="real clips rendered per prompt for reference statistics")
     _outputs(s, "shapes")
-    s.set_defaults(func=run_shapes)
+    s.set_defaults(func=run_shapes, stop_signals=True)
 
 
 def _outputs(p: argparse.ArgumentParser, name: str) -> None:
@@ -94,7 +96,8 @@ def _paths(args, name: str) -> tuple[Path, Path]:
     out = Path(args.out)
     json_path = Path(args.json) if args.json else out / f"{name}.json"
     plot_path = Path(args.plot) if args.plot else out / f"{name}.png"
-    for p in (json_path, plot_path):
+    for p, what in ((json_path, "the JSON (--json, --out)"), (plot_path, "the plot (--plot, --out)")):
+        check_output_path(p, what)  # before any video is scored
         p.parent.mkdir(parents=True, exist_ok=True)
     return json_path, plot_path
 
@@ -121,8 +124,10 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> s
 def run_drift(args) -> int:
     from hiar.eval.drift import DriftConfig, DriftSuite
     from hiar.eval.plots import plot_segment_curves
+    from hiar.generate import check_device
     from hiar.video import read_video
 
+    check_device(args.device)
     config = DriftConfig.from_dict({
         "segments": args.segments, "musiq": args.musiq, "clip_iqa": args.clip_iqa, "dinov2": args.dinov2,
         "lpips": args.lpips, "lpips_backbone": args.lpips_backbone, "lpips_net": args.lpips_net, "device": args.device,

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import math
 import os
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from hiar.errors import one_line
 from hiar.generate import (
-    METHODS, generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
+    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, fit_attention, generate,
+    load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
-from hiar.sampling import ContextRule, InitContext, Order, Transition
+from hiar.pipeline import PipelineError
+from hiar.sampling import ContextRule, InitContext, Order, Transition, check_pipelinable
+from hiar.signals import exit_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,26 +57,100 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="Wan: local folder of umT5 and its tokenizer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stop_signals=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiar.video import VideoWriter
+    """Check every input first, then open the video (taking its lock), then load the model and run."""
+    from hiar.video import VideoWriter, check_video_path
 
-    if args.world == "shapes":
-        model, source = load_shapes_model(args.checkpoint, args.method, device=args.device)
-        world = shapes_world(model)
-    else:
-        if not (args.checkpoint and args.vae and args.text_encoder):
-            raise ValueError("--world wan needs --checkpoint, --vae and --text-encoder (local paths; nothing is downloaded)")
-        from hiar.checkpoint import load_model
+    _check_numbers(args)
+    device = check_device(args.device)
+    if args.world == "wan" and not (args.checkpoint and args.vae and args.text_encoder):
+        raise ValueError("--world wan needs --checkpoint, --vae and --text-encoder (local paths; nothing is downloaded)")
+    out = check_video_path(args.output)
+    fps = SHAPES_FPS if args.world == "shapes" else WAN_FPS
+    frames = _frames(args, fps)
+    writer = None
+    if _writes_video():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = VideoWriter(out, fps=fps)
+    with writer if writer is not None else contextlib.nullcontext():
+        model, source, world = _load(args, device)
+        config = _method_config(args)
+        given = _given_frames(args, world, config.block_frames)
+        config = _fit_to_run(args, config, model, world, frames, given, device)
+        print(f"model: {source}", file=sys.stderr)
+        print(f"{args.method}: context {config.context.name}, order {config.order.value}, {config.num_steps} steps, "
+              f"{frames} frames -> {out}" + (f" after {given.num_frames} given" if given else ""), file=sys.stderr)
+        if args.pipeline:
+            return _run_pipelined(args, model, world, config, frames, writer, source, given)
+        report = None
 
-        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-        model, source = load_model(args.checkpoint, device=args.device, dtype=dtype).eval(), args.checkpoint
-        world = wan_world(args.vae, args.text_encoder, device=args.device)
-    frames = args.frames if args.frames is not None else round(args.seconds * world.fps) if args.seconds else 84
+        def produce():
+            nonlocal report
+            _, report = generate(model, world, args.prompt, num_frames=frames, config=config, seed=args.seed,
+                                 writer=writer, progress=not args.quiet, init_frames=given)
+
+        stopped = _write_guarded(produce, writer, source)
+        if stopped is not None:
+            return stopped
+    print(f"wrote {out}: {frames} frames, {report.frames_per_s:.1f} frames/s, first block after "
+          f"{report.first_block_latency_s:.3f} s, {report.model_calls} model calls", file=sys.stderr)
+    return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse bad numbers before any work, naming the flag."""
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if args.window is not None and args.window < 3:
+        raise ValueError(f"--window must be at least 3 latent frames (one block), got {args.window}")
+    if args.sink is not None and args.sink < 0:
+        raise ValueError(f"--sink must be 0 or more latent frames, got {args.sink}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {args.seed}")
+    if args.init_frames is not None and not args.init_video:
+        raise ValueError("--init-frames picks frames of --init-video; give --init-video too")
+    if args.init_frames is not None and args.init_frames < 1:
+        raise ValueError(f"--init-frames must be at least 1, got {args.init_frames}")
+
+
+def _frames(args: argparse.Namespace, fps: int) -> int:
+    """Video frames asked for: --frames, or --seconds at the world's fps (default 84)."""
+    if args.frames is not None:
+        return args.frames
+    if args.seconds is None:
+        return 84
+    frames = round(args.seconds * fps)
     if frames < 1:
-        raise ValueError(f"need at least one frame, got {frames}")
+        raise ValueError(f"--seconds {args.seconds} is less than one frame at {fps} frames/s")
+    return frames
+
+
+def _writes_video() -> bool:
+    """Every run writes the video, except the ranks of a torchrun pipeline other than the last."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1
+    return True
+
+
+def _load(args: argparse.Namespace, device: torch.device):
+    """(model, where it came from, world)."""
+    if args.world == "shapes":
+        model, source = load_shapes_model(args.checkpoint, args.method, device=str(device))
+        return model, source, shapes_world(model)
+    from hiar.checkpoint import load_model
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = load_model(args.checkpoint, device=str(device), dtype=dtype).eval()
+    return model, args.checkpoint, wan_world(args.vae, args.text_encoder, device=str(device))
+
+
+def _method_config(args: argparse.Namespace):
+    """The method's sampler config with the flags; combinations that cannot run are refused naming them."""
     config = method_config(
         args.method,
         order=Order(args.order) if args.order else None,
@@ -77,38 +159,40 @@ def run(args: argparse.Namespace) -> int:
         window=args.window if args.window is not None else 21,
         sink=args.sink,
         fused=False if args.no_fuse else None,
-        batched=True if args.batched else None,
         init_context=InitContext(args.init_context) if args.init_context else None,
         first_blocks=args.first_blocks,
         first_steps=args.first_steps,
     )
-    given = _given_frames(args, world, config.block_frames)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"model: {source}", file=sys.stderr)
-    print(f"{args.method}: context {config.context.name}, order {config.order.value}, {config.num_steps} steps, "
-          f"{frames} frames -> {out}" + (f" after {given.num_frames} given" if given else ""), file=sys.stderr)
+    if args.batched and config.order is not Order.DIAGONAL:
+        raise ValueError(f"--batched runs whole anti-diagonals: it needs --order diagonal, and --method {args.method}"
+                         f"{f' --order {args.order}' if args.order else ''} runs {config.order.value}")
     if args.pipeline:
-        return _run_pipelined(args, model, world, config, frames, out, given)
-    with VideoWriter(out, fps=world.fps) as writer:
         try:
-            _, report = generate(model, world, args.prompt, num_frames=frames, config=config, seed=args.seed,
-                                 writer=writer, progress=not args.quiet, init_frames=given)
-        except KeyboardInterrupt:
-            writer.close()
-            print(f"interrupted: {writer.frames_written} frames saved to {out}", file=sys.stderr)
-            return 130
-    print(f"wrote {out}: {frames} frames, {report.frames_per_s:.1f} frames/s, first block after "
-          f"{report.first_block_latency_s:.3f} s, {report.model_calls} model calls", file=sys.stderr)
-    return 0
+            check_pipelinable(config.context, config.num_steps)
+        except ValueError as err:
+            raise ValueError(f"--pipeline with --method {args.method}"
+                             f"{f' --context {args.context}' if args.context else ''}: {err}") from None
+    return replace(config, batched=args.batched)
+
+
+def _fit_to_run(args, config, model, world, frames: int, given, device: torch.device):
+    """Window and sink cut to the video (a note for the flags given), and the caches checked against
+    the free memory, before anything is allocated."""
+    k = config.block_frames
+    blocks = num_blocks_for(frames, world.codec, k, continuing=given is not None)
+    blocks += 0 if given is None else given.latents.shape[2] // k
+    config, notes = fit_attention(config, blocks)
+    for flag, note in notes.items():
+        if getattr(args, flag) is not None:  # the default window is cut silently
+            print(f"note: {note}", file=sys.stderr)
+    check_cache_fits(model, config, world.latent_shape, device)
+    return config
 
 
 def _given_frames(args, world, block_frames: int):
     """The frames of --init-image / --init-video, encoded (None without them)."""
     from hiar.conditioning import encode_given, read_clip, read_image
 
-    if args.init_frames is not None and not args.init_video:
-        raise ValueError("--init-frames picks frames of --init-video; give --init-video too")
     if args.init_image:
         pixels = read_image(args.init_image, (world.height, world.width))
     elif args.init_video:
@@ -118,49 +202,89 @@ def _given_frames(args, world, block_frames: int):
     return encode_given(pixels, world.codec, block_frames)
 
 
-def _run_pipelined(args, model, world, config, frames, out, given) -> int:
+def _saved(writer) -> str:
+    if writer is None:
+        return "this rank writes no video"
+    if writer.frames_written == 0:
+        return "no frame was made, so no video was written"
+    return f"{writer.frames_written} frames saved to {writer.path}"
+
+
+def _write_guarded(produce, writer, source: str) -> int | None:
+    """Run ``produce`` (which writes blocks to ``writer``); on a stop or a failure close the video
+    first, so it plays, and say how much of it there is. Returns the exit code of a stop, else None."""
+    try:
+        produce()
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
+        if writer is not None:
+            writer.close()
+        print(f"interrupted: {_saved(writer)}", file=sys.stderr)
+        return exit_code(err)
+    except NonFiniteOutputError as err:
+        if writer is not None:
+            writer.close()
+        raise NonFiniteOutputError(f"model {source}: {err} (broken weights?); stopped: {_saved(writer)}") from None
+    except PipelineError as err:
+        if writer is not None:
+            writer.close()
+        raise PipelineError(f"{err} ({_saved(writer)})") from None
+    return None
+
+
+def _run_pipelined(args, model, world, config, frames, writer, source, given) -> int:
     """Under torchrun: be one rank. Otherwise spawn one rank per step."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return _run_as_torchrun_rank(args, model, world, config, frames, out, given)
-    return _spawn_ranks(args, model, world, config, frames, out, given)
+        return _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given)
+    return _spawn_ranks(args, model, world, config, frames, writer, source, given)
 
 
-def _run_as_torchrun_rank(args, model, world, config, frames, out, given) -> int:
-    """``torchrun --nproc-per-node S -m hiar.cli.main generate ... --pipeline``: the last rank writes."""
+def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given) -> int:
+    """``torchrun --nproc-per-node S -m hiar.cli.main generate ... --pipeline``: the last rank writes.
+
+    A rank whose peer dies (or that torchrun stops with SIGTERM) ends with one line naming it; the
+    writing rank closes its video first, so it plays.
+    """
     import torch.distributed as dist
 
     from hiar.pipeline import pipeline_stream
-    from hiar.video import VideoWriter
 
-    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    backend = "nccl" if model.device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
         model = model.to(f"cuda:{torch.cuda.current_device()}")
-    try:
+
+    def produce():
         text = world.text_encoder.encode([args.prompt]).to(model.device, model.dtype)
         n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
         blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks,
                                  initial_latents=None if given is None else given.latents)
-        if rank != world_size - 1:
-            for _ in blocks:  # the other ranks yield nothing
-                pass
-            return 0
-        with VideoWriter(out, fps=world.fps) as writer:
-            write_blocks(blocks, world, frames, writer=writer, progress=not args.quiet, given=given)
-        print(f"rank {rank}: wrote {out}: {writer.frames_written} frames", file=sys.stderr)
-        return 0
+        try:
+            if writer is None:
+                for _ in blocks:  # the other ranks yield nothing
+                    pass
+            else:
+                write_blocks(blocks, world, frames, writer=writer, progress=not args.quiet, given=given)
+        except RuntimeError as err:  # a peer died: gloo / NCCL report a closed connection or a timeout
+            raise PipelineError(f"pipelined inference stopped on rank {rank}: {one_line(err)[:300]}") from None
+
+    try:
+        stopped = _write_guarded(produce, writer, source)
     finally:
         dist.destroy_process_group()
+    if stopped is not None:
+        return stopped
+    if writer is not None:
+        writer.close()
+        print(f"rank {rank}: wrote {writer.path}: {writer.frames_written} frames", file=sys.stderr)
+    return 0
 
 
-def _spawn_ranks(args, model, world, config, frames, out, given) -> int:
-    """Spawn one rank per step; the video is written when the ranks are done."""
+def _spawn_ranks(args, model, world, config, frames, writer, source, given) -> int:
+    """Spawn one rank per step; each block is written as soon as the last rank has it."""
     from hiar.checkpoint import save_model
-    from hiar.pipeline import PipelineJob, spawn_pipeline_timed
-    from hiar.video import VideoWriter
-    import tempfile
+    from hiar.pipeline import PipelineJob, SpawnedPipeline
 
     text = world.text_encoder.encode([args.prompt])
     n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
@@ -169,11 +293,15 @@ def _spawn_ranks(args, model, world, config, frames, out, given) -> int:
         job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, text, [args.seed],
                           world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps),
                           initial_latents=None if given is None else given.latents)
-        result = spawn_pipeline_timed(job)
-    with VideoWriter(out, fps=world.fps) as writer:
-        write_blocks([(0, result.video)], world, frames, writer=writer, progress=False, given=given)
-    print(f"wrote {out}: {frames} frames over {config.num_steps} processes, "
-          f"{frames / result.wall_s:.1f} frames/s, first block after {result.first_block_latency_s:.3f} s", file=sys.stderr)
+        with SpawnedPipeline(job) as run:  # the ranks end with this block, also on Ctrl-C or an error
+            stopped = _write_guarded(lambda: write_blocks(run, world, frames, writer=writer, progress=not args.quiet,
+                                                          given=given), writer, source)
+    if stopped is not None:
+        return stopped
+    writer.close()
+    wall = run.block_done_s[-1] if run.block_done_s else float("nan")
+    print(f"wrote {writer.path}: {frames} frames over {config.num_steps} processes, "
+          f"{frames / wall:.1f} frames/s, first block after {run.block_done_s[0]:.3f} s", file=sys.stderr)
     return 0
 
 

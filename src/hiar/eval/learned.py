@@ -50,9 +50,13 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:  # truncated or not a safetensors file at all
+            raise WeightMismatchError(f"{path}: not a readable safetensors file ({err})") from None
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
