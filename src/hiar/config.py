@@ -1,7 +1,8 @@
 """YAML configs validated into dataclasses.
 
 A wrong key or value is a :class:`ConfigError` that names the key (with its dotted path), never a
-stack trace from deep inside the library.
+stack trace from deep inside the library. YAML is read by :func:`yaml_load`: PyYAML's YAML 1.1, but
+with every float a person writes (``1e-5``, ``3E-4``, ``.5``) read as a number, not a string.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +23,23 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 needs a dot in a float (``1.0e-5``): ``1e-5`` would be the string '1e-5'. This loader
+    also reads YAML 1.2's floats (``1e-5``, ``+3E-4``, ``.5e3``) as numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    """Parse YAML text (a config file, a ``--set`` value) with :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -135,21 +154,34 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``dotted = "a.b"`` (missing sections are made); a key inside a
+    value that is not a mapping is a :class:`ConfigError` naming both."""
+    node = data
+    *parents, last = dotted.split(".")
+    for i, p in enumerate(parents):
+        if node.get(p) is None:
+            node[p] = {}
+        node = node[p]
+        if not isinstance(node, dict):
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"--set {dotted}: {where} is {node!r}, not a mapping, so it has no keys to set")
+    node[last] = value
+
+
 def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     """Read ``path`` and validate it into ``cls``; ``overrides`` are dotted keys (``a.b: 1``)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(data, dotted, value)
     try:
         return from_dict(cls, data)
     except ConfigError as err:

@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-from hiar.config import ConfigError
+from hiar.config import ConfigError, yaml_load
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -32,7 +32,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+            out[key.strip()] = yaml_load(value) if value != "" else ""
         except yaml.YAMLError:
             out[key.strip()] = value
     return out

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from hiar import schedule
-from hiar.config import ConfigError, from_dict, load_yaml
+from hiar.config import ConfigError, from_dict, load_yaml, yaml_load
 from hiar.sampling import Order, Transition
 from hiar.training.objectives import SigmaSampler
 
@@ -276,7 +276,7 @@ def load_stage_config(path, overrides: dict[str, Any] | None = None) -> RunConfi
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     stage = (overrides or {}).get("stage", raw.get("stage") if isinstance(raw, dict) else None)

@@ -53,6 +53,8 @@ from hiar.training.objectives import EMA
 CHECKPOINTS = runfolder.CHECKPOINTS
 LATEST = runfolder.LATEST
 STATE = "state.pt"
+# Config sections that build a network: a resume cannot change them (the checkpoints would not fit).
+MODEL_SECTIONS = ("model", "teacher", "critic")
 LOG = runfolder.LOG
 
 
@@ -101,11 +103,19 @@ class Stage:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The config's ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a
+    device this machine does not have is a :class:`ConfigError` naming the key."""
+    from hiar.config import ConfigError
+    from hiar.generate import check_device
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = check_device(name, flag="device")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return dev
@@ -416,8 +426,10 @@ class Trainer:
             return
         import yaml
 
+        from hiar.config import yaml_load
+
         try:
-            saved = yaml.safe_load(saved_path.read_text())
+            saved = yaml_load(saved_path.read_text())
         except (OSError, yaml.YAMLError) as err:
             raise runfolder.RunFolderError(
                 f"cannot resume {out}: its {runfolder.CONFIG} is unreadable ({runfolder.one_line(err)}); "
@@ -462,6 +474,12 @@ class Trainer:
                 return path, start
             failed.append(f"{path.name}: {problem}" if path.name != pointer else
                           f"{LATEST} -> {path.name}: {problem}")
+        model_changes = [c for c in self._config_changes if c[0].split(".")[0] in MODEL_SECTIONS]
+        if model_changes and any("loading state_dict" in f for f in failed):
+            raise runfolder.ResumeError(
+                f"cannot resume {self.out}: its checkpoints do not fit the model of the new config "
+                f"({runfolder.describe_changes(model_changes)}); a resumed run cannot change its model: start over "
+                f"with --overwrite, choose another output_dir, or resume with the old model settings")
         raise runfolder.ResumeError(
             f"cannot resume {self.out}: no usable checkpoint in {root} ({'; '.join(failed)}); repair or delete "
             f"them, or start over with --overwrite")
