@@ -22,12 +22,10 @@ import pytest
 import torch
 
 from hiar.cli.main import main
-from hiar.generate import (
-    NonFiniteOutputError, World, fit_attention, kv_cache_bytes, method_config, write_blocks,
-)
-from hiar.pipeline import PipelineError, PipelineJob, SpawnedPipeline
+from hiar.generate import World, method_config, write_blocks
+from hiar.pipeline import PipelineError, PipelineJob
 from hiar.sampling import ContextRule, GridSampler, Order, OrderError, SamplerConfig, check_order
-from hiar.video import VideoBusyError, VideoWriter
+from hiar.video import VideoWriter
 from tests.helpers import failing_tiny_model, save_toy_checkpoint, tiny_model
 
 PROMPT = "a fast red circle and a slow blue square on a dark background"
@@ -50,11 +48,11 @@ def hiar_process(*args, **popen) -> subprocess.Popen:
 def wait_for_frames(folder: Path, stem: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     """Until the run has written its first block (its partial file exists), then a little more."""
     deadline = time.time() + seconds
-    while not list(folder.glob(f"{stem}.*.partial.mp4")) and time.time() < deadline and proc.poll() is None:
+    while not list(folder.glob(f"{stem}*.partial.mp4")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     if proc.poll() is not None:
         pytest.fail(f"the run ended early: {proc.communicate()[1]}")
-    assert list(folder.glob(f"{stem}.*.partial.mp4")), "no frames written in time"
+    assert list(folder.glob(f"{stem}*.partial.mp4")), "no frames written in time"
     time.sleep(1.0)
 
 
@@ -130,10 +128,26 @@ def test_a_stop_signal_leaves_a_playable_video(tmp_path, toy_checkpoint, pipelin
         assert len(ranks) >= 4 and all(gone(pid) for pid in ranks)  # no rank outlives the run
 
 
+def test_a_stop_signal_during_a_close_waits_for_it():
+    from hiar.signals import Interrupted, exit_code, signals_deferred, stop_signals_raise
+
+    done = []
+    with pytest.raises(Interrupted) as stop:
+        with stop_signals_raise():
+            with signals_deferred():  # what VideoWriter.close runs in
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now: it only took note
+                done.append("closed")
+    assert done == ["closed"] and stop.value.signum == signal.SIGTERM and exit_code(stop.value) == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
 # -- 4: two runs to one output --------------------------------------------------------------------
 
 
 def test_each_writer_has_its_own_partial_file_and_a_second_writer_is_refused(tmp_path):
+    from hiar.video import VideoBusyError
+
     path = tmp_path / "v.mp4"
     first = VideoWriter(path)
     first.write(torch.zeros(3, 3, 8, 8))
@@ -178,6 +192,8 @@ class FirstChannels:
 
 
 def test_a_failed_rank_leaves_a_playable_file_of_every_finished_block(tmp_path):
+    from hiar.pipeline import SpawnedPipeline
+
     text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
     # The last rank fails on its 3rd call: blocks 0 and 1 (calls 1 and 2) were final and sent before.
     job = PipelineJob(functools.partial(failing_tiny_model, 3, 3), SamplerConfig(), text, [3], (4, 8, 8), 6, timeout_s=60)
@@ -191,6 +207,8 @@ def test_a_failed_rank_leaves_a_playable_file_of_every_finished_block(tmp_path):
 
 
 def test_the_spawned_pipeline_streams_blocks_as_they_are_final():
+    from hiar.pipeline import SpawnedPipeline
+
     text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
     cfg = SamplerConfig(window=6)
     ref = GridSampler(tiny_model(), cfg, text, seeds=[3], latent_shape=(4, 8, 8)).sample(4)
@@ -287,6 +305,8 @@ def test_the_order_check_costs_the_same_for_any_length():
 
 
 def test_window_and_sink_longer_than_the_video_are_cut_to_it(tmp_path, toy_checkpoint, capsys):
+    from hiar.generate import fit_attention
+
     cfg, notes = fit_attention(method_config("hiar", window=10**12, sink=10**12), num_blocks=10)
     assert (cfg.window, cfg.sink) == (30, 30) and set(notes) == {"window", "sink"}
     out = tmp_path / "w.mp4"
@@ -307,7 +327,23 @@ def test_a_window_too_big_for_memory_is_refused_before_allocating(tmp_path, toy_
     assert not list(tmp_path.iterdir())
 
 
+def test_a_video_decoded_at_the_end_must_fit_in_memory():
+    from hiar.generate import check_video_fits
+    from hiar.world.shapes import IdentityCodec
+
+    class CausalVae:  # Wan's VAE: mixes frames across blocks, so the video is decoded once, at the end
+        latent_channels, temporal_factor, spatial_factor = 16, 4, 8
+
+    wan = World("wan", CausalVae(), None, 480, 832, 16)
+    check_video_fits(wan, 81, 21)  # the paper's 5 s
+    with pytest.raises(ValueError, match=r"--frames 999999999999: the wan codec decodes the whole video at once"):
+        check_video_fits(wan, 999999999999, 250000000000)
+    check_video_fits(World("shapes", IdentityCodec(), None, 32, 32, 16), 999999999999, 999999999999)  # streams
+
+
 def test_kv_cache_bytes_is_what_the_caches_hold():
+    from hiar.generate import kv_cache_bytes
+
     model = tiny_model()
     text = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(1))
     for cfg in (SamplerConfig(window=6, sink=3), SamplerConfig(context=ContextRule.CLEAN, order=Order.BLOCK_FIRST, window=9)):
@@ -332,6 +368,8 @@ def test_a_checkpoint_with_nan_weights_is_an_error_naming_it_and_the_block(tmp_p
 
 
 def test_blocks_before_a_non_finite_one_are_kept(tmp_path):
+    from hiar.generate import NonFiniteOutputError
+
     world = World("tiny", FirstChannels(), None, 8, 8, 16)
     blocks = [(n, torch.full((1, 4, 3, 8, 8), float("inf") if n == 2 else 0.1 * n)) for n in range(4)]
     with pytest.raises(NonFiniteOutputError, match="block 2"):

@@ -94,6 +94,37 @@ def test_ctrl_c_in_a_real_process_leaves_a_playable_file(tmp_path):
     assert not list(tmp_path.glob("run*.partial.mp4"))
 
 
+def test_a_hard_kill_leaves_a_partial_file_that_plays_to_its_last_whole_second(tmp_path):
+    """SIGKILL runs no cleanup: the fragmented mp4, flushed per packet, still plays up to its last whole
+    fragment (a second of video), and the lock it leaves is stale: the next writer takes it over."""
+    from hiar.video import VideoWriter, playable_frames
+
+    path = tmp_path / "killed.mp4"
+    script = textwrap.dedent(f"""
+        import time, torch
+        from hiar.video import VideoWriter
+        video = VideoWriter({str(path)!r}, fps=16, upscale=2)
+        for i in range(100):
+            video.write(torch.full((3, 1, 16, 16), (i % 50) / 25 - 1.0))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    (partial,) = tmp_path.glob("killed.*.partial.mp4")
+    frames = playable_frames(partial)
+    assert 16 <= frames <= 100  # whole fragments (a keyframe at least every second starts one)
+    assert read_video(partial, native=True).shape == (frames, 16, 16, 3)
+    with VideoWriter(path) as video:  # the killed writer's lock is stale
+        video.write(np.zeros((1, 16, 16, 3), np.uint8))
+    assert read_video(path).shape[0] == 1
+
+
 def test_writer_without_frames_leaves_nothing(tmp_path):
     with VideoWriter(tmp_path / "empty.mp4"):
         pass

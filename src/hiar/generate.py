@@ -217,6 +217,21 @@ def check_cache_fits(model: WanModel, config: SamplerConfig, latent_shape: tuple
         f"but only {human_bytes(free)} is free on {device}: lower --window or --sink")
 
 
+def check_video_fits(world: World, num_frames: int, latent_frames: int) -> None:
+    """A codec that mixes frames across blocks (Wan's causal VAE) keeps every latent and decodes the
+    whole video at once, at the end: refuse, before any work, a length whose latents and pixels would
+    not fit in the free memory. A streaming codec (the shapes world's) holds one block at a time."""
+    if world.codec.temporal_factor == 1:
+        return
+    C, h, w = world.latent_shape
+    need = 4 * (latent_frames * C * h * w + num_frames * 3 * world.height * world.width)  # float32
+    free = free_memory_bytes(torch.device("cpu"))
+    if free is not None and need > 0.9 * free:
+        raise ValueError(f"--frames {num_frames}: the {world.name} codec decodes the whole video at once, at the end, "
+                         f"which needs {human_bytes(need)} for its latents and pixels, but only {human_bytes(free)} "
+                         f"is free: ask for fewer frames")
+
+
 def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int, continuing: bool = False) -> int:
     """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames (``continuing``
     given frames: a causal VAE's first latent frame is then not a lone pixel frame)."""

@@ -16,8 +16,8 @@ import torch
 
 from hiar.errors import one_line
 from hiar.generate import (
-    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, fit_attention, generate,
-    load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
+    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, check_video_fits, fit_attention,
+    generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
 from hiar.pipeline import PipelineError
 from hiar.sampling import ContextRule, InitContext, Order, Transition, check_pipelinable
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     if args.world == "wan" and not (args.checkpoint and args.vae and args.text_encoder):
         raise ValueError("--world wan needs --checkpoint, --vae and --text-encoder (local paths; nothing is downloaded)")
+    _check_paths_exist(args)
     out = check_video_path(args.output)
     fps = SHAPES_FPS if args.world == "shapes" else WAN_FPS
     frames = _frames(args, fps)
@@ -112,10 +113,23 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--sink must be 0 or more latent frames, got {args.sink}")
     if args.seed < 0:
         raise ValueError(f"--seed must be 0 or more, got {args.seed}")
+    for flag in ("first_blocks", "first_steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
     if args.init_frames is not None and not args.init_video:
         raise ValueError("--init-frames picks frames of --init-video; give --init-video too")
     if args.init_frames is not None and args.init_frames < 1:
         raise ValueError(f"--init-frames must be at least 1, got {args.init_frames}")
+
+
+def _check_paths_exist(args: argparse.Namespace) -> None:
+    """Every input path must exist before a model is loaded (a Wan checkpoint takes a while)."""
+    what = {"checkpoint": "checkpoint", "vae": "VAE folder", "text_encoder": "text encoder folder",
+            "init_image": "image", "init_video": "video"}
+    for flag, name in what.items():
+        path = getattr(args, flag)
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{name} not found: {path} (--{flag.replace('_', '-')})")
 
 
 def _frames(args: argparse.Namespace, fps: int) -> int:
@@ -186,6 +200,7 @@ def _fit_to_run(args, config, model, world, frames: int, given, device: torch.de
         if getattr(args, flag) is not None:  # the default window is cut silently
             print(f"note: {note}", file=sys.stderr)
     check_cache_fits(model, config, world.latent_shape, device)
+    check_video_fits(world, frames, blocks * k)
     return config
 
 
@@ -210,15 +225,16 @@ def _saved(writer) -> str:
     return f"{writer.frames_written} frames saved to {writer.path}"
 
 
-def _write_guarded(produce, writer, source: str) -> int | None:
+def _write_guarded(produce, writer, source: str, who: str = "") -> int | None:
     """Run ``produce`` (which writes blocks to ``writer``); on a stop or a failure close the video
-    first, so it plays, and say how much of it there is. Returns the exit code of a stop, else None."""
+    first, so it plays, and say how much of it there is (``who``: a torchrun rank). Returns the exit
+    code of a stop, else None."""
     try:
         produce()
     except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP
         if writer is not None:
             writer.close()
-        print(f"interrupted: {_saved(writer)}", file=sys.stderr)
+        print(f"{who}interrupted: {_saved(writer)}", file=sys.stderr)
         return exit_code(err)
     except NonFiniteOutputError as err:
         if writer is not None:
@@ -270,7 +286,7 @@ def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, gi
             raise PipelineError(f"pipelined inference stopped on rank {rank}: {one_line(err)[:300]}") from None
 
     try:
-        stopped = _write_guarded(produce, writer, source)
+        stopped = _write_guarded(produce, writer, source, who=f"rank {rank}: ")
     finally:
         dist.destroy_process_group()
     if stopped is not None:
