@@ -1,0 +1,71 @@
+"""The bundled shapes models (src/hiar/assets/) are trained: they draw what the prompt asks, and it moves.
+
+Random weights of the same model fail every one of these checks (asserted below, so the test cannot
+pass on a model that has not learned). The thresholds are set well below what the trained students
+score and far above what random weights score: see docs/results.md for the held-out numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hiar.checkpoint import load_model, read_checkpoint
+from hiar.eval.shapes_scores import ShapesScorer
+from hiar.generate import BUNDLED_MODELS, bundled_dir, bundled_model_path, generate, method_config, shapes_world
+from hiar.model import build_model
+
+PROMPTS = [
+    "a fast red circle on a dark background",
+    "a slow blue square on a dark background",
+    "a yellow triangle on a gray background",
+    "a fast white circle and a slow green square on a dark background",
+]
+# Means over PROMPTS (seeds 0-3). Measured: random weights 0.20 semantic / 0.30 dynamic; the HiAR
+# student 0.77 / 0.75; the Self-Forcing student 0.57 / 0.63.
+SEMANTIC_MIN = 0.5
+MOTION_MIN = 0.5
+
+
+def scores_of(model, method: str) -> tuple[float, float]:
+    world = shapes_world(model)
+    scorer = ShapesScorer(world=None)
+    sem, dyn = [], []
+    for i, prompt in enumerate(PROMPTS):
+        video, _ = generate(model, world, prompt, num_frames=21, config=method_config(method, window=21), seed=i,
+                            progress=False)
+        s = scorer.score(video, prompt)
+        sem.append(s.semantic)
+        dyn.append(s.dynamic)
+    return float(np.mean(sem)), float(np.mean(dyn))
+
+
+@pytest.fixture(scope="module")
+def random_scores():
+    torch.manual_seed(0)
+    return scores_of(build_model("toy").eval(), "hiar")
+
+
+# The students shipped so far (CausVid's is not trained yet: `hiar generate --method causvid` says so).
+SHIPPED = ("hiar", "self-forcing")
+
+
+@pytest.mark.parametrize("method", SHIPPED)
+def test_bundled_student_draws_the_prompt_and_moves(method, random_scores):
+    model = load_model(bundled_model_path(method)).eval()
+    semantic, dynamic = scores_of(model, method)
+    assert semantic >= SEMANTIC_MIN, f"{method}: semantic {semantic:.3f}"
+    assert dynamic >= MOTION_MIN, f"{method}: dynamic {dynamic:.3f}"
+    # the same checks fail on random weights of the same model
+    assert random_scores[0] < SEMANTIC_MIN and random_scores[1] < MOTION_MIN, random_scores
+
+
+def test_bundled_models_record_where_they_come_from():
+    names = sorted(p.stem for p in bundled_dir().glob("*.safetensors"))
+    assert set(names) >= {BUNDLED_MODELS[m] for m in SHIPPED} | {"shapes-teacher"}
+    for name in names:
+        meta = read_checkpoint(bundled_dir() / f"{name}.safetensors").metadata
+        assert meta["dtype"] == "float16" and int(meta["steps"]) > 0 and "stage:" in meta["recipe_config"]
+        assert meta["trained_by_commit"] and meta["seed"].isdigit()
+    assert sum(p.stat().st_size for p in bundled_dir().iterdir()) < 30 * 2**20  # the package stays small
