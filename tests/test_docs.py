@@ -110,6 +110,11 @@ def check_command(command: str, where: str) -> str:
     if exe in ("python", "python3") and len(argv) > 1 and argv[1].endswith(".py"):
         check_script(argv[1:], where)
         return "--help"
+    if exe == "bash" and len(argv) > 1 and argv[1].endswith(".sh"):
+        script = ROOT / argv[1]
+        assert script.is_file(), f"{where}: no script {argv[1]}"
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, f"{where}: {argv[1]} does not parse"
+        return "bash -n (it trains for hours)"
     if exe == "make":
         targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M)
         assert argv[1] in targets, f"{where}: the Makefile has no target {argv[1]}"
