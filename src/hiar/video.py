@@ -192,12 +192,17 @@ class VideoWriter:
         pad_h, pad_w = self._stream.height - x.shape[1], self._stream.width - x.shape[2]
         if pad_h or pad_w:
             x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        from hiar.signals import signals_deferred
+
         try:
-            for frame in x:
-                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                for packet in self._stream.encode(video_frame):
-                    self._container.mux(packet)
-                self.frames_written += 1
+            # A stop signal that lands while PyAV calls back into Python (its file writes) can be
+            # swallowed there: hold it until the frames are muxed, then raise it.
+            with signals_deferred():
+                for frame in x:
+                    video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                    for packet in self._stream.encode(video_frame):
+                        self._container.mux(packet)
+                    self.frames_written += 1
         except OSError as err:  # a full disk, a removed folder: what was flushed still plays
             self._error = err
             raise VideoWriteError(self._failure_message(None)) from None
