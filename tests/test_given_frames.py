@@ -24,17 +24,6 @@ N_BLOCKS = 4
 GIVEN_BLOCKS = 2
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def text():
-    torch.manual_seed(1)
-    return torch.randn(1, 5, 16)
-
-
 def given_latents(blocks: int = GIVEN_BLOCKS) -> torch.Tensor:
     return torch.randn(1, 4, blocks * K, 8, 8, generator=torch.Generator().manual_seed(4))
 

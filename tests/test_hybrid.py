@@ -22,17 +22,6 @@ S, K = 4, 3
 N_BLOCKS = 5
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def text():
-    torch.manual_seed(1)
-    return torch.randn(1, 5, 16)
-
-
 def run(model, text, num_blocks=N_BLOCKS, **cfg):
     sampler = GridSampler(model, SamplerConfig(**cfg), text, seeds=[3], latent_shape=LATENT)
     return sampler.sample(num_blocks), sampler.report

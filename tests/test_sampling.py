@@ -20,17 +20,6 @@ N_BLOCKS = 5
 S = 4
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def text():
-    torch.manual_seed(1)
-    return torch.randn(1, 5, 16)
-
-
 def run(model, text, num_blocks=N_BLOCKS, seeds=(3,), **cfg):
     sampler = GridSampler(model, SamplerConfig(**cfg), text, seeds=list(seeds), latent_shape=LATENT)
     return sampler.sample(num_blocks), sampler.report
