@@ -21,7 +21,7 @@ from hiar.generate import (
 )
 from hiar.pipeline import PipelineError
 from hiar.sampling import ContextRule, InitContext, Order, Transition, check_pipelinable
-from hiar.signals import exit_code
+from hiar.signals import exit_code, signals_deferred
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -237,13 +237,15 @@ def _write_guarded(produce, writer, source: str, who: str = "") -> int | None:
         print(f"{who}interrupted: {_saved(writer)}", file=sys.stderr)
         return exit_code(err)
     except NonFiniteOutputError as err:
-        if writer is not None:
-            writer.close()
-        raise NonFiniteOutputError(f"model {source}: {err} (broken weights?); stopped: {_saved(writer)}") from None
+        with signals_deferred():  # a stop signal now (torchrun's SIGTERM) must not hide what was kept
+            if writer is not None:
+                writer.close()
+            raise NonFiniteOutputError(f"model {source}: {err} (broken weights?); stopped: {_saved(writer)}") from None
     except PipelineError as err:
-        if writer is not None:
-            writer.close()
-        raise PipelineError(f"{err} ({_saved(writer)})") from None
+        with signals_deferred():
+            if writer is not None:
+                writer.close()
+            raise PipelineError(f"{err} ({_saved(writer)})") from None
     return None
 
 
@@ -288,7 +290,10 @@ def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, gi
     try:
         stopped = _write_guarded(produce, writer, source, who=f"rank {rank}: ")
     finally:
-        dist.destroy_process_group()
+        # When a peer dies torchrun SIGTERMs the others; one landing here must not replace the
+        # error (and the count of frames kept) this rank is already reporting.
+        with contextlib.suppress(KeyboardInterrupt):
+            dist.destroy_process_group()
     if stopped is not None:
         return stopped
     if writer is not None:
