@@ -19,7 +19,7 @@ def text(B=1):
     return torch.randn(B, 5, 16, generator=torch.Generator().manual_seed(9))
 
 
-@pytest.mark.parametrize("method", ["hiar", "self_forcing"])
+@pytest.mark.parametrize("method", ["hiar", "self_forcing", "hiar_input_context"])
 def test_gradient_reaches_parameters_only_through_the_exit_step(method):
     gen = tiny_model(0).train()
     cfg = rollout_config(method, LEVELS, block_frames=K)
@@ -48,7 +48,8 @@ def test_gradient_reaches_parameters_only_through_the_exit_step(method):
     assert sum(float(p.grad.abs().sum()) for p in gen.parameters()) > 0
 
 
-@pytest.mark.parametrize("method,order", [("hiar", None), ("hiar", Order.STEP_FIRST), ("self_forcing", None)])
+@pytest.mark.parametrize("method,order", [("hiar", None), ("hiar", Order.STEP_FIRST), ("self_forcing", None),
+                                          ("hiar_input_context", None)])
 def test_rollout_equals_the_sampler_without_gradient(method, order):
     gen = tiny_model(1)
     cfg = rollout_config(method, LEVELS, block_frames=K, order=order)
@@ -86,6 +87,8 @@ def test_exit_step_is_keyed_by_step_and_covers_every_step():
 def test_rollout_config_methods():
     assert rollout_config("self_forcing", LEVELS).order is Order.BLOCK_FIRST
     assert rollout_config("hiar", LEVELS).context.name == "OUTPUT"
+    assert rollout_config("hiar_input_context", LEVELS).context.name == "INPUT"  # the t_c = t_j ablation
+    assert rollout_config("hiar_input_context", LEVELS).order is Order.DIAGONAL
     with pytest.raises(ValueError, match="block_first"):
         rollout_config("self_forcing", LEVELS, order=Order.DIAGONAL)
     with pytest.raises(ValueError, match="method"):
@@ -117,12 +120,13 @@ def _rollout_grads(method, exit_step, *, fused, batched=False):
     return x.detach(), torch.cat([p.grad.flatten() for p in gen.parameters()])
 
 
-@pytest.mark.parametrize("method,exit_step", [("hiar", e) for e in (1, 2, 3, 4)] + [("self_forcing", 1), ("self_forcing", 2)])
+@pytest.mark.parametrize("method,exit_step", [("hiar", e) for e in (1, 2, 3, 4)] + [("self_forcing", 1), ("self_forcing", 2)]
+                         + [("hiar_input_context", 2)])
 def test_fused_rollout_gradient_equals_the_reference_with_context_written_without_grad(method, exit_step):
     """The context is a constant (paper Sec. 3.3; released code writes it under no_grad): a fused
     [context, block] exit-step call must not send gradient through the context rows."""
     reference = _rollout_grads(method, exit_step, fused=False)  # every context write is its own no-grad call
-    for kwargs in ({"fused": True}, {"fused": True, "batched": method == "hiar"}):
+    for kwargs in ({"fused": True}, {"fused": True, "batched": method != "self_forcing"}):
         x, g = _rollout_grads(method, exit_step, **kwargs)
         assert torch.allclose(x, reference[0], rtol=0, atol=1e-12)
         assert float((g - reference[1]).norm() / reference[1].norm()) < 1e-6, kwargs

@@ -225,11 +225,12 @@ class FklSection:
 
 @dataclass
 class DmdConfig(TrainConfig):
-    """Self-rollout DMD: Self-Forcing (clean context), HiAR (output-level context) or CausVid
-    (teacher-forced clean context); critic = fake score; EMA; optional forward-KL."""
+    """Self-rollout DMD: Self-Forcing (clean context), HiAR (output-level context), CausVid
+    (teacher-forced clean context) or the input-level ablation (t_c = t_j); critic = fake score;
+    EMA; optional forward-KL."""
 
     stage: str = "dmd"
-    method: Literal["self_forcing", "hiar", "causvid"] = "hiar"
+    method: Literal["self_forcing", "hiar", "causvid", "hiar_input_context"] = "hiar"
     order: Order | None = None  # default: block_first for clean context, diagonal for hiar
     student: StudentSection = field(default_factory=StudentSection)
     teacher: ModelSection = field(default_factory=lambda: ModelSection(preset="toy"))

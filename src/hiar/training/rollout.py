@@ -11,6 +11,7 @@ Methods (a setting, not a fork):
 
 * ``self_forcing``: context rule CLEAN, block-first order (the only valid one for t_c = 0);
 * ``hiar``: context rule OUTPUT (t_c = t_{j+1}), any valid order (diagonal by default);
+* ``hiar_input_context``: context rule INPUT (t_c = t_j), the paper's Table 2 ablation;
 * ``causvid``: context rule CLEAN with *teacher-forced* context (clean data blocks).
 """
 
@@ -21,7 +22,9 @@ import torch
 from hiar.sampling import ContextRule, GridSampler, Order, SamplerConfig, Transition
 from hiar.training import keys
 
-METHODS = ("self_forcing", "hiar", "causvid")
+# The context rule of each method; CLEAN methods run block-first (their only valid order).
+METHODS = {"self_forcing": ContextRule.CLEAN, "hiar": ContextRule.OUTPUT, "causvid": ContextRule.CLEAN,
+           "hiar_input_context": ContextRule.INPUT}
 
 
 def rollout_config(method: str, levels, *, block_frames: int = 3, transition: Transition = Transition.RENOISE,
@@ -30,8 +33,9 @@ def rollout_config(method: str, levels, *, block_frames: int = 3, transition: Tr
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     levels = tuple(float(s) for s in levels)
-    if method == "hiar":
-        return SamplerConfig(levels=levels, context=ContextRule.OUTPUT, order=order or Order.DIAGONAL,
+    context = METHODS[method]
+    if context is not ContextRule.CLEAN:
+        return SamplerConfig(levels=levels, context=context, order=order or Order.DIAGONAL,
                              transition=transition, block_frames=block_frames)
     if order not in (None, Order.BLOCK_FIRST):
         raise ValueError(f"method {method} uses clean context (t_c = 0): only order block_first is valid, got {order.value}")
