@@ -146,3 +146,17 @@ def test_model_argument_parsing(random_toy):
             ev.parse_model_arg(bad)
     with pytest.raises(FileNotFoundError):
         ev.parse_model_arg("mine=/nonexistent.safetensors:hiar")
+
+
+def test_a_shorter_length_is_the_first_frames_of_the_longest_run(random_toy):
+    """What lets run_job sample a student once at the longest length: the sampler is causal."""
+    from hiar.checkpoint import load_model
+    from hiar.generate import shapes_world
+
+    model = load_model(random_toy).eval()
+    world = shapes_world(model)
+    prompts, seeds = ["a red circle", "a fast blue square"], [3, 4]
+    for method in ("hiar", "self-forcing"):
+        long = ev.sample_students(model, world, prompts, seeds, 15, method, window=3)
+        short = ev.sample_students(model, world, prompts, seeds, 7, method, window=3)
+        assert torch.equal(long[:, :, :7], short)
