@@ -455,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Details: the module docstring of scripts/evaluate_shapes.py and docs/metrics.md.")
     p.add_argument("--model", action="append", default=None, metavar="LABEL=PATH:METHOD",
                    help="a student to evaluate (repeatable); default: the bundled hiar, self-forcing and causvid students present")
+    p.add_argument("--no-students", action="store_true", help="evaluate no student (e.g. only the real clips)")
     p.add_argument("--teacher", default=None, metavar="PATH", help="the bidirectional teacher (default: the bundled shapes-teacher if present)")
     p.add_argument("--no-teacher", action="store_true", help="do not evaluate the teacher")
     p.add_argument("--no-real", action="store_true", help="do not evaluate the real clips (the reference row)")
@@ -489,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     students, teacher = default_entries()
     if args.model is not None:
         students = [parse_model_arg(m) for m in args.model]
+    if args.no_students:
+        students = []
     if args.teacher is not None:
         if not Path(args.teacher).exists():
             raise FileNotFoundError(f"--teacher: model file not found: {args.teacher}")
@@ -509,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if teacher is not None:
         jobs.append((teacher, settings.teacher_frames))
     jobs += [(e, f) for f in lengths for e in students]
-    if not students:
+    if not students and not args.no_students:
         print("evaluate_shapes: no student models (none bundled yet and no --model); evaluating "
               + ("the teacher and " if teacher else "") + "the real clips only", file=sys.stderr)
 

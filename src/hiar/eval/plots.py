@@ -87,3 +87,54 @@ def plot_segment_curves(series: dict[str, dict[str, list[float]]], path: str | P
     path = Path(path)
     img.save(path)
     return path
+
+
+def plot_score_bars(series: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str = "",
+                    metrics: list[str] | None = None, columns: int = 5, panel: tuple[int, int] = (220, 200)) -> Path:
+    """``series[label][metric]`` = (mean, spread): one panel per metric, one bar per label with a
+    +- spread whisker, the axis from 0 (scores are non-negative)."""
+    if not series:
+        raise ValueError("nothing to plot")
+    metrics = metrics or list(next(iter(series.values())))
+    font = label_font()
+    pw, ph = panel
+    rows = (len(metrics) + columns - 1) // columns
+    cols = min(columns, len(metrics))
+    legend_rows = (len(series) + 2) // 3
+    top = 30 if title else 8
+    width = cols * pw + 16
+    img = Image.new("RGB", (width, top + rows * ph + 16 + legend_rows * 18), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
+    for m_i, metric in enumerate(metrics):
+        ox, oy = 8 + (m_i % columns) * pw, top + (m_i // columns) * ph
+        left, right, upper, lower = ox + 46, ox + pw - 10, oy + 24, oy + ph - 12
+        draw.text((ox + 4, oy + 4), metric[:30], fill=(0, 0, 0), font=font)
+        bars = [(i, *s[metric]) for i, s in enumerate(series.values()) if metric in s]
+        if not bars:
+            draw.text((left, (upper + lower) // 2), "no data", fill=(120, 120, 120), font=font)
+            continue
+        hi = max(m + e for _, m, e in bars) * 1.1 or 1.0
+        draw.rectangle((left, upper, right, lower), outline=(160, 160, 160))
+        draw.text((ox + 2, upper - 6), _fmt(hi), fill=(90, 90, 90), font=font)
+        draw.text((ox + 2, lower - 8), "0", fill=(90, 90, 90), font=font)
+        slot = (right - left) / len(series)
+        y = lambda v: lower - (lower - upper) * max(v, 0.0) / hi
+        for i, mean, spread in bars:
+            x0 = left + i * slot + 0.15 * slot
+            x1 = left + (i + 1) * slot - 0.15 * slot
+            draw.rectangle((x0, y(mean), x1, lower), fill=COLOURS[i % len(COLOURS)])
+            if spread > 0:
+                xc = (x0 + x1) / 2
+                draw.line((xc, y(mean - spread), xc, y(mean + spread)), fill=(0, 0, 0), width=1)
+                for v in (mean - spread, mean + spread):
+                    draw.line((xc - 3, y(v), xc + 3, y(v)), fill=(0, 0, 0))
+    ly = top + rows * ph + 6
+    for s_i, label in enumerate(series):
+        x, yy = 12 + (s_i % 3) * (width // 3), ly + (s_i // 3) * 18
+        draw.rectangle((x, yy + 3, x + 14, yy + 11), fill=COLOURS[s_i % len(COLOURS)])
+        draw.text((x + 20, yy), str(label)[:40], fill=(0, 0, 0), font=font)
+    path = Path(path)
+    img.save(path)
+    return path
