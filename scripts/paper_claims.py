@@ -51,6 +51,8 @@ VARIANTS = {
     "hiar-causal-fkl": ("HiAR, forward-KL under the causal mask", "causal + 1 step", "hiar"),
     "self-forcing-sampled-as-hiar": ("Self-Forcing model sampled hierarchically (no re-training)",
                                      "w/o re-training", "self-forcing"),
+    # Not a paper row: the A/B of the DMD / critic noise draw (score_noise kind discrete, as released).
+    "hiar-discrete-noise": ("HiAR, released code's score-noise draw (discrete t, sigma clamped)", None, "hiar"),
 }
 # The paper's numbers (Tables 1-3): quality, semantic, dynamic, drift.
 PAPER = {

@@ -21,7 +21,8 @@ RUNS=${RUNS:-runs/repro}         # the other runs (their weights are not kept in
 RESULTS=${RESULTS:-results/repro}
 COMMIT=${COMMIT:-0}
 
-# variant | config | sampling method | what changes (hiar train --set ...)
+# variant | config | sampling method | what changes (hiar train --set KEY=VALUE, comma-separated)
+# (hiar-discrete-noise: the released code's DMD/critic noise draw, the A/B that picks score_noise's default)
 VARIANTS="
 self-forcing       dmd_self_forcing self-forcing       -
 causvid            dmd_causvid      causvid            -
@@ -29,10 +30,11 @@ hiar               dmd_hiar         hiar               -
 hiar-input-context dmd_hiar         hiar-input-context method=hiar_input_context
 hiar-no-fkl        dmd_hiar         hiar               fkl.weight=0
 hiar-causal-fkl    dmd_hiar         hiar               fkl.attention=causal
+hiar-discrete-noise dmd_hiar        hiar               score_noise.kind=discrete,score_noise.min_t=0,score_noise.max_t=1,score_noise.min_sigma=0.02,score_noise.max_sigma=0.98
 "
 # Cheapest information first: the bundled seed-0 runs, one run per ablation, then more seeds.
 DEFAULT_RUNS="self-forcing-s0 causvid-s0 hiar-s0 hiar-no-fkl-s0 hiar-input-context-s0 hiar-causal-fkl-s0
-hiar-s1 self-forcing-s1 causvid-s1 hiar-s2 self-forcing-s2 causvid-s2"
+hiar-discrete-noise-s0 hiar-s1 self-forcing-s1 causvid-s1 hiar-s2 self-forcing-s2 causvid-s2"
 RUN_LIST=${*:-$DEFAULT_RUNS}
 
 field() { echo "$VARIANTS" | awk -v v="$1" -v i="$2" '$1 == v { print $i }'; }
@@ -59,7 +61,7 @@ for run in $RUN_LIST; do
   sets=(--set "output_dir=$out" --set "seed=$seed" --set progress=false
         --set "model.checkpoint=$BASE/ode_init/model.safetensors" --set "teacher.checkpoint=$BASE/teacher/model.safetensors")
   [ "$config" = dmd_hiar ] && sets+=(--set "fkl.trajectories=$BASE/trajectories")
-  [ "$change" != - ] && sets+=(--set "$change")
+  if [ "$change" != - ]; then IFS=, read -ra kv <<< "$change"; for c in "${kv[@]}"; do sets+=(--set "$c"); done; fi
   echo "== $run: $config ${change/-/(as configured)} ($(date +%H:%M:%S))"
   $HIAR train "configs/shapes/$config.yaml" "${sets[@]}"
   $PY scripts/evaluate_shapes.py --model "$run=$out/model.safetensors:$method" --no-teacher --no-real \
