@@ -80,8 +80,9 @@ def test_ctrl_c_in_a_real_process_leaves_a_playable_file(tmp_path):
                     time.sleep(0.01)
     """)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    # Start with Python's own Ctrl-C handler even if an earlier test left SIGINT ignored in this
-    # process (an ignored signal is inherited across exec, and Python then keeps ignoring it).
+    # Start with Python's own Ctrl-C handler even when pytest runs with SIGINT ignored: a non-interactive
+    # shell starts background jobs so (as CI may), an ignored signal is inherited across exec, and
+    # Python then keeps ignoring it instead of raising KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
