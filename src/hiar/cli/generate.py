@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     given.add_argument("--init-video", default=None, help="video extension: the video continues this clip")
     p.add_argument("--init-frames", type=int, default=None, help="use the first N frames of --init-video (default: all)")
     p.add_argument("--init-context", choices=[c.value for c in InitContext], default=None,
-                   help="given frames enter the context clean (default, as the released code) or at each step's level")
+                   help="given frames enter the context at each step's level (default: measured to continue clips "
+                   "better) or clean (as the released code)")
     p.add_argument("--checkpoint", default=None, help="model weights (hiar, Wan, diffusers or Self-Forcing format; "
                    "shapes default: the bundled student of --method)")
     p.add_argument("--world", choices=["shapes", "wan"], default="shapes")
