@@ -45,8 +45,8 @@ commit() {  # commit what a finished step wrote under results/ (COMMIT=1)
   fi
 }
 
-for stage in teacher trajectories ode_init; do
-  [ -e "$BASE/$stage/complete.json" ] || { echo "reproduce: $BASE/$stage is not finished; run: bash scripts/train_shapes_bundle.sh teacher_short teacher trajectories ode_init" >&2; exit 2; }
+for input in teacher/model.safetensors trajectories/manifest.json ode_init/model.safetensors; do
+  [ -e "$BASE/$input" ] || { echo "reproduce: $BASE/$input is missing; run: bash scripts/train_shapes_bundle.sh teacher_short teacher trajectories ode_init" >&2; exit 2; }
 done
 
 echo "== real clips ($(date +%H:%M:%S))"
