@@ -33,8 +33,8 @@ hiar-causal-fkl    dmd_hiar         hiar               fkl.attention=causal
 hiar-discrete-noise dmd_hiar        hiar               score_noise.kind=discrete,score_noise.min_t=0,score_noise.max_t=1,score_noise.min_sigma=0.02,score_noise.max_sigma=0.98
 "
 # Cheapest information first: the bundled seed-0 runs, one run per ablation, then more seeds.
-DEFAULT_RUNS="self-forcing-s0 causvid-s0 hiar-s0 hiar-no-fkl-s0 hiar-input-context-s0 hiar-causal-fkl-s0
-hiar-discrete-noise-s0 hiar-s1 self-forcing-s1 causvid-s1 hiar-s2 self-forcing-s2 causvid-s2"
+DEFAULT_RUNS="self-forcing-s0 causvid-s0 hiar-s0 hiar-discrete-noise-s0 hiar-no-fkl-s0 hiar-input-context-s0
+hiar-causal-fkl-s0 hiar-s1 self-forcing-s1 causvid-s1 hiar-s2 self-forcing-s2 causvid-s2"
 RUN_LIST=${*:-$DEFAULT_RUNS}
 
 field() { echo "$VARIANTS" | awk -v v="$1" -v i="$2" '$1 == v { print $i }'; }
@@ -70,6 +70,9 @@ for run in $RUN_LIST; do
     $PY scripts/evaluate_shapes.py --model "self-forcing-sampled-as-hiar-s0=$out/model.safetensors:hiar" --no-teacher \
         --no-real --frames 84 336 --out "$RESULTS" --no-figures --no-progress
   fi
+  # Keep the first video (for the contact sheets) of seed 0 at the longest length only: git stays small.
+  rm -f "$RESULTS/frames/$run-f84.npz" "$RESULTS/frames/self-forcing-sampled-as-hiar-s0-f84.npz"
+  [ "$seed" = 0 ] || rm -f "$RESULTS/frames/$run-f336.npz"
   commit "$run"
 done
 
