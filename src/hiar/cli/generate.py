@@ -16,7 +16,7 @@ import torch
 
 from hiar.errors import one_line
 from hiar.generate import (
-    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, check_video_fits, fit_attention,
+    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, fit_attention,
     generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
 from hiar.pipeline import PipelineError
@@ -200,7 +200,6 @@ def _fit_to_run(args, config, model, world, frames: int, given, device: torch.de
         if getattr(args, flag) is not None:  # the default window is cut silently
             print(f"note: {note}", file=sys.stderr)
     check_cache_fits(model, config, world.latent_shape, device)
-    check_video_fits(world, frames, blocks * k)
     return config
 
 
