@@ -207,3 +207,18 @@ def save_tiny_umt5(root, d_model: int = 16, seed: int = 0) -> None:
                      eos_token_id=1, decoder_start_token_id=0)
     UMT5EncoderModel(cfg).save_pretrained(root / "text_encoder")
     fast.save_pretrained(root / "tokenizer")
+
+
+def save_tiny_wan_transformer(directory, in_channels: int = 16, text_dim: int = 16, seed: int = 0) -> None:
+    """A tiny ``WanTransformer3DModel`` written by diffusers (``config.json`` + safetensors): one layer
+    and one head of Wan's head size 128, random weights far from their initialisation."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128,
+                                  in_channels=in_channels, out_channels=in_channels, text_dim=text_dim, freq_dim=32,
+                                  ffn_dim=64, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    model.save_pretrained(directory)

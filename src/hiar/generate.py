@@ -37,6 +37,7 @@ METHODS: dict[str, dict] = {
 
 SHAPES_FPS = 16
 WAN_FPS = 16
+WAN_SIZE = (480, 832)  # Wan2.1-T2V-1.3B's frames (height, width)
 BUNDLED_DIR = "assets"
 # The shapes model bundled for each method (``hiar/assets/<name>.safetensors``), trained and copied
 # there by scripts/train_shapes_bundle.sh.
@@ -115,7 +116,8 @@ def shapes_world(model: WanModel) -> World:
     return World("shapes", IdentityCodec(), enc, side, side, SHAPES_FPS)
 
 
-def wan_world(vae_dir: str, text_encoder_dir: str, height: int = 480, width: int = 832, device="cpu") -> World:
+def wan_world(vae_dir: str, text_encoder_dir: str, height: int = WAN_SIZE[0], width: int = WAN_SIZE[1],
+              device="cpu") -> World:
     from hiar.wan import UMT5TextEncoder, WanVAE
 
     vae = WanVAE.from_pretrained(vae_dir, device=device)
