@@ -119,3 +119,106 @@ def save_toy_checkpoint(path, seed: int = 0, poison: float | None = None):
         with torch.no_grad():
             model.head.head.weight[0, 0] = poison
     return save_model(model, path)
+
+
+class CausalFourCodec:
+    """Wan's causal VAE in miniature: the video's first latent frame gives one pixel frame, each
+    later one 4 (copies); the first 3 latent channels are the pixels, upsampled ``spatial_factor``
+    times. Like Wan's, it decodes a video block by block through its stream decoder, which knows
+    whether the first frame has passed; ``decode_calls`` counts its calls."""
+
+    temporal_factor = 4
+
+    def __init__(self, latent_channels: int = 3, spatial_factor: int = 1):
+        self.latent_channels, self.spatial_factor = latent_channels, spatial_factor
+        self.decode_calls = 0
+
+    def encode(self, frames):
+        assert self.latent_channels == 3 and self.spatial_factor == 1, "encodes only as its own pixels"
+        return torch.cat([frames[:, :, :1], frames[:, :, 4::4]], dim=2)
+
+    def decode(self, latents):
+        return self.stream_decoder().decode(latents)
+
+    def stream_decoder(self):
+        return _CausalFourStream(self)
+
+
+class _CausalFourStream:
+    def __init__(self, codec: CausalFourCodec):
+        self.codec = codec
+        self.reset()
+
+    def reset(self):
+        self.started = False
+
+    def decode(self, latents):
+        self.codec.decode_calls += 1
+        pixels = latents[:, :3].repeat_interleave(4, dim=2)
+        if not self.started:  # the video's first latent frame is one pixel frame
+            pixels, self.started = pixels[:, :, 3:], True
+        s = self.codec.spatial_factor
+        return pixels.repeat_interleave(s, dim=3).repeat_interleave(s, dim=4)
+
+
+class ConstantText:
+    """A text encoder that ignores the prompt (the `tiny` preset's sizes)."""
+
+    dim, max_len = 16, 8
+
+    def encode(self, prompts):
+        return torch.ones(len(prompts), self.max_len, self.dim)
+
+
+# -- tiny Wan components, saved the way a user's folders look (diffusers / transformers layouts) ----
+
+
+def tiny_wan_vae(z_dim: int = 4, seed: int = 0, mean=None, std=None):
+    """A randomly initialised ``AutoencoderKLWan`` with Wan's shape (temporal x4, spatial x8) and base
+    width 8; ``latents_mean`` / ``latents_std`` default to values far from 0 / 1, one per channel."""
+    from diffusers import AutoencoderKLWan
+
+    mean = mean if mean is not None else [0.1 * ((i % 5) - 2) for i in range(z_dim)]
+    std = std if std is not None else [0.5 + 0.25 * (i % 4) for i in range(z_dim)]
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=mean, latents_std=std,
+                            scale_factor_temporal=4, scale_factor_spatial=8).eval()
+
+
+TINY_WORDS = "a red blue green circle square triangle fast slow on dark light background and the".split()
+
+
+def save_tiny_umt5(root, d_model: int = 16, seed: int = 0) -> None:
+    """A tiny ``UMT5EncoderModel`` in ``root/text_encoder`` and a word-level tokenizer over
+    :data:`TINY_WORDS` in ``root/tokenizer`` (ends prompts with ``</s>`` as T5's does), built offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(TINY_WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])  # like T5
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=2,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
+                     eos_token_id=1, decoder_start_token_id=0)
+    UMT5EncoderModel(cfg).save_pretrained(root / "text_encoder")
+    fast.save_pretrained(root / "tokenizer")
+
+
+def save_tiny_wan_transformer(directory, in_channels: int = 16, text_dim: int = 16, seed: int = 0) -> None:
+    """A tiny ``WanTransformer3DModel`` written by diffusers (``config.json`` + safetensors): one layer
+    and one head of Wan's head size 128, random weights far from their initialisation."""
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128,
+                                  in_channels=in_channels, out_channels=in_channels, text_dim=text_dim, freq_dim=32,
+                                  ffn_dim=64, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    model.save_pretrained(directory)

@@ -9,7 +9,7 @@ from hiar.cli.main import main
 from hiar.generate import METHODS, generate, method_config, shapes_world
 from hiar.sampling import ContextRule, Order
 from hiar.video import read_video
-from tests.helpers import tiny_model
+from tests.helpers import CausalFourCodec, ConstantText, tiny_model
 
 PROMPT = "a fast red circle and a slow blue square on a dark background"
 
@@ -109,37 +109,27 @@ def test_ctrl_c_leaves_a_playable_video_of_what_was_made(tmp_path, toy_checkpoin
     assert not list(tmp_path.glob("*.partial.mp4")) and not list(tmp_path.glob(".*.lock"))
 
 
-class FourToOneCodec:
-    """A stand-in for Wan's causal VAE: 1 + 4 (F - 1) pixel frames from F latent frames."""
-
-    latent_channels, temporal_factor, spatial_factor = 4, 4, 2
-
-    def encode(self, frames):
-        raise NotImplementedError
-
-    def decode(self, latents):
-        self.calls = getattr(self, "calls", 0) + 1
-        first, rest = latents[:, :3, :1], latents[:, :3, 1:]
-        pixels = torch.cat([first, rest.repeat_interleave(4, dim=2)], dim=2)
-        return pixels.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4).tanh()
-
-
-def test_codecs_that_mix_frames_decode_once_at_the_end():
+def test_codecs_that_mix_frames_decode_block_by_block():
     from hiar.generate import World, latent_frames
 
-    class Text:
-        dim, max_len = 16, 8
-
-        def encode(self, prompts):
-            return torch.ones(len(prompts), 8, 16)
-
-    codec = FourToOneCodec()
-    world = World("fake-wan", codec, Text(), height=16, width=16, fps=16)
+    codec = CausalFourCodec(latent_channels=4, spatial_factor=2)  # Wan's causal VAE in miniature
+    world = World("fake-wan", codec, ConstantText(), height=16, width=16, fps=16)
     assert latent_frames(33, codec) == 9  # 1 + 4 * 8
     video, report = generate(tiny_model(), world, "anything", num_frames=33, config=method_config("hiar"), progress=False)
     assert video.shape == (3, 33, 16, 16)
-    assert codec.calls == 1
     assert report.blocks == 3  # 9 latent frames = 3 blocks of 3
+    assert codec.decode_calls == 3  # one per block, as it is final
+
+
+def test_a_codec_that_mixes_frames_needs_a_stream_decoder():
+    from hiar.generate import World, write_blocks
+
+    class NoStream:
+        latent_channels, temporal_factor, spatial_factor = 4, 4, 1
+
+    world = World("fake-wan", NoStream(), ConstantText(), height=8, width=8, fps=16)
+    with pytest.raises(TypeError, match=r"NoStream decodes 4 pixel frames per latent frame.*needs a stream_decoder\(\)"):
+        write_blocks(iter([]), world, 9, progress=False)
 
 
 def test_each_method_defaults_to_its_bundled_student_and_says_so(tmp_path, monkeypatch, capsys):

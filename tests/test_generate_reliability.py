@@ -327,20 +327,6 @@ def test_a_window_too_big_for_memory_is_refused_before_allocating(tmp_path, toy_
     assert not list(tmp_path.iterdir())
 
 
-def test_a_video_decoded_at_the_end_must_fit_in_memory():
-    from hiar.generate import check_video_fits
-    from hiar.world.shapes import IdentityCodec
-
-    class CausalVae:  # Wan's VAE: mixes frames across blocks, so the video is decoded once, at the end
-        latent_channels, temporal_factor, spatial_factor = 16, 4, 8
-
-    wan = World("wan", CausalVae(), None, 480, 832, 16)
-    check_video_fits(wan, 81, 21)  # the paper's 5 s
-    with pytest.raises(ValueError, match=r"--frames 999999999999: the wan codec decodes the whole video at once"):
-        check_video_fits(wan, 999999999999, 250000000000)
-    check_video_fits(World("shapes", IdentityCodec(), None, 32, 32, 16), 999999999999, 999999999999)  # streams
-
-
 def test_kv_cache_bytes_is_what_the_caches_hold():
     from hiar.generate import kv_cache_bytes
 

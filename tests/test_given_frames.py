@@ -16,7 +16,7 @@ from hiar.conditioning import encode_given, padding_for
 from hiar.generate import generate, method_config, shapes_world
 from hiar.pipeline import PipelineJob, spawn_pipeline
 from hiar.sampling import ContextRule, GridSampler, InitContext, NoiseBank, Order, SamplerConfig
-from tests.helpers import CopyModel, tiny_model
+from tests.helpers import CausalFourCodec, ConstantText, CopyModel, tiny_model
 
 LATENT = (4, 8, 8)
 S, K = 4, 3
@@ -212,18 +212,6 @@ def test_image_to_video_with_a_context_copying_model_holds_the_image():
 # Codecs and frame counts
 
 
-class CausalFourCodec:
-    """Wan's causal VAE in miniature: the first pixel frame alone, then 4 per latent frame."""
-
-    latent_channels, temporal_factor, spatial_factor = 3, 4, 1
-
-    def encode(self, frames):
-        return torch.cat([frames[:, :, :1], frames[:, :, 4::4]], dim=2)
-
-    def decode(self, latents):
-        return torch.cat([latents[:, :, :1], latents[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
-
-
 def test_given_frames_are_padded_to_whole_blocks_for_each_codec():
     from hiar.world.shapes import IdentityCodec
 
@@ -243,14 +231,8 @@ def test_given_frames_are_padded_to_whole_blocks_for_each_codec():
 def test_a_mixing_codec_decodes_the_generated_latents_after_the_given_ones():
     from hiar.generate import World
 
-    class Text:
-        dim, max_len = 16, 8
-
-        def encode(self, prompts):
-            return torch.ones(len(prompts), 8, 16)
-
     codec = CausalFourCodec()
-    world = World("fake-wan", codec, Text(), height=8, width=8, fps=16)
+    world = World("fake-wan", codec, ConstantText(), height=8, width=8, fps=16)
     model = CopyModel("tiny")
     pixels = torch.rand(3, 5, 8, 8) * 2 - 1
     video, report = generate(model, world, "x", num_frames=12, config=method_config("hiar"), init_frames=pixels,

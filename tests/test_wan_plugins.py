@@ -10,13 +10,13 @@ here. What it does not: the real umT5 SentencePiece tokenizer or real weights (n
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers import UMT5EncoderModel
 
 from hiar.model import WanConfig, WanModel
 from hiar.wan import UMT5TextEncoder, WanVAE
 from hiar.wan.text import clean_prompt
 from hiar.world.base import LatentCodec, TextEncoder
+from tests.helpers import save_tiny_umt5, tiny_wan_vae
 
 MEAN = [0.1, -0.2, 0.3, 0.0]
 STD = [1.5, 0.5, 2.0, 1.0]
@@ -25,12 +25,8 @@ STD = [1.5, 0.5, 2.0, 1.0]
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A Wan-shaped VAE (temporal x4, spatial x8) with 4 latent channels and base width 8."""
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=MEAN, latents_std=STD,
-                           scale_factor_temporal=4, scale_factor_spatial=8)
     root = tmp_path_factory.mktemp("wan_pipeline")
-    vae.save_pretrained(root / "vae")
+    tiny_wan_vae(z_dim=4, mean=MEAN, std=STD).save_pretrained(root / "vae")
     return root
 
 
@@ -70,25 +66,13 @@ def test_wan_vae_errors(vae_dir, tmp_path):
 
 # -- umT5 ---------------------------------------------------------------------------------------
 
-WORDS = "a red blue green circle square triangle fast slow on dark light background and the".split()
 MAX_LEN = 12
 
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory):
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])  # like T5
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
-                     eos_token_id=1, decoder_start_token_id=0)
     root = tmp_path_factory.mktemp("wan_pipeline_text")
-    UMT5EncoderModel(cfg).save_pretrained(root / "text_encoder")
-    fast.save_pretrained(root / "tokenizer")
+    save_tiny_umt5(root, d_model=16)
     return root
 
 

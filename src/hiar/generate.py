@@ -20,7 +20,7 @@ from hiar.conditioning import GivenFrames, encode_given
 from hiar.errors import UserError
 from hiar.model import WanModel
 from hiar.sampling import ContextRule, GridReport, GridSampler, Hybrid, Order, SamplerConfig
-from hiar.world.base import LatentCodec, TextEncoder
+from hiar.world.base import LatentCodec, TextEncoder, stream_decoder
 
 # Inference settings of each method (all share the model, sampler and schedule).
 METHODS: dict[str, dict] = {
@@ -37,6 +37,7 @@ METHODS: dict[str, dict] = {
 
 SHAPES_FPS = 16
 WAN_FPS = 16
+WAN_SIZE = (480, 832)  # Wan2.1-T2V-1.3B's frames (height, width)
 BUNDLED_DIR = "assets"
 # The shapes model bundled for each method (``hiar/assets/<name>.safetensors``), trained and copied
 # there by scripts/train_shapes_bundle.sh.
@@ -115,7 +116,8 @@ def shapes_world(model: WanModel) -> World:
     return World("shapes", IdentityCodec(), enc, side, side, SHAPES_FPS)
 
 
-def wan_world(vae_dir: str, text_encoder_dir: str, height: int = 480, width: int = 832, device="cpu") -> World:
+def wan_world(vae_dir: str, text_encoder_dir: str, height: int = WAN_SIZE[0], width: int = WAN_SIZE[1],
+              device="cpu") -> World:
     from hiar.wan import UMT5TextEncoder, WanVAE
 
     vae = WanVAE.from_pretrained(vae_dir, device=device)
@@ -217,21 +219,6 @@ def check_cache_fits(model: WanModel, config: SamplerConfig, latent_shape: tuple
         f"but only {human_bytes(free)} is free on {device}: lower --window or --sink")
 
 
-def check_video_fits(world: World, num_frames: int, latent_frames: int) -> None:
-    """A codec that mixes frames across blocks (Wan's causal VAE) keeps every latent and decodes the
-    whole video at once, at the end: refuse, before any work, a length whose latents and pixels would
-    not fit in the free memory. A streaming codec (the shapes world's) holds one block at a time."""
-    if world.codec.temporal_factor == 1:
-        return
-    C, h, w = world.latent_shape
-    need = 4 * (latent_frames * C * h * w + num_frames * 3 * world.height * world.width)  # float32
-    free = free_memory_bytes(torch.device("cpu"))
-    if free is not None and need > 0.9 * free:
-        raise ValueError(f"--frames {num_frames}: the {world.name} codec decodes the whole video at once, at the end, "
-                         f"which needs {human_bytes(need)} for its latents and pixels, but only {human_bytes(free)} "
-                         f"is free: ask for fewer frames")
-
-
 def num_blocks_for(num_frames: int, codec: LatentCodec, block_frames: int, continuing: bool = False) -> int:
     """Blocks of ``block_frames`` latent frames that cover ``num_frames`` video frames (``continuing``
     given frames: a causal VAE's first latent frame is then not a lone pixel frame)."""
@@ -255,50 +242,35 @@ def write_blocks(
 ) -> torch.Tensor | None:
     """Decode latent blocks ``(n, [1, C, k, h, w])`` and hand the pixels to ``writer`` as they come.
 
-    Codecs that mix frames across blocks (Wan's causal VAE) are decoded once, at the end. The last
-    block may overshoot: the video is cut to ``num_frames``. Also on Ctrl-C, what is final is
-    decoded and written before the caller closes the writer. Returns the pixels ``[3, F, H, W]``
-    in [-1, 1] when no writer is given, else None. ``given`` frames come first, unchanged (then
-    ``num_frames`` generated ones); a mixing codec decodes the generated latents after theirs. A
+    Each block is decoded as soon as it arrives, through the codec's stream decoder (Wan's causal
+    VAE carries its cache from block to block: the same frames as decoding the whole video at once,
+    at a memory that does not grow with the length). The last block may overshoot: the video is cut
+    to ``num_frames``. On Ctrl-C or an error, every block decoded before is written. Returns the
+    pixels ``[3, F, H, W]`` in [-1, 1] when no writer is given, else None. ``given`` frames come
+    first, unchanged (then ``num_frames`` generated ones); their latents go through the stream
+    decoder first, so the generated blocks continue them, and their decoded pixels are dropped. A
     block with NaN or infinite values (a broken checkpoint) is not written:
     :class:`NonFiniteOutputError` names it, and the blocks before it stay.
     """
     from tqdm.auto import tqdm
 
-    streaming = world.codec.temporal_factor == 1
+    decoder = stream_decoder(world.codec)
     kept: list[torch.Tensor] = []
+    put = writer.write if writer is not None else kept.append
     written = 0
-    bar = tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress)
-
-    def emit(latents: torch.Tensor, skip: int = 0) -> None:
-        nonlocal written
-        pixels = world.codec.decode(latents.float())[0].clamp(-1, 1).cpu()[:, skip:][:, : num_frames - written]
-        written += pixels.shape[1]
-        if writer is not None:
-            writer.write(pixels)
-        else:
-            kept.append(pixels)
-        bar.update(pixels.shape[1])
-
     if given is not None:
-        (writer.write if writer is not None else kept.append)(given.pixels)
-    latents = []
-    try:
+        put(given.pixels)
+        decoder.decode(given.latents.float())  # the decoder's state after them; their pixels are the given ones
+    with tqdm(total=num_frames, unit="frame", desc="generating", disable=not progress) as bar:
         for n, block in blocks:
             if not bool(torch.isfinite(block).all()):
                 raise NonFiniteOutputError(f"the output is not finite (NaN or inf) in block {n}")
-            if streaming:
-                emit(block)
-            else:
-                latents.append(block)
+            pixels = decoder.decode(block.float())[0].clamp(-1, 1).cpu()[:, : num_frames - written]
+            written += pixels.shape[1]
+            put(pixels)
+            bar.update(pixels.shape[1])
             if status is not None:
                 bar.set_postfix(fps=status())
-    finally:
-        if latents and given is not None:  # decoded after the given latents, whose pixels are then skipped
-            emit(torch.cat([given.latents.to(latents[0])] + latents, dim=2), skip=given.pad_frames + given.num_frames)
-        elif latents:
-            emit(torch.cat(latents, dim=2))
-        bar.close()
     return torch.cat(kept, dim=1) if kept else None
 
 

@@ -16,7 +16,7 @@ import torch
 
 from hiar.errors import one_line
 from hiar.generate import (
-    METHODS, SHAPES_FPS, WAN_FPS, NonFiniteOutputError, check_cache_fits, check_device, check_video_fits, fit_attention,
+    METHODS, SHAPES_FPS, WAN_FPS, WAN_SIZE, NonFiniteOutputError, check_cache_fits, check_device, fit_attention,
     generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
 from hiar.pipeline import PipelineError
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world", choices=["shapes", "wan"], default="shapes")
     p.add_argument("--vae", default=None, help="Wan: local folder of the VAE (diffusers layout)")
     p.add_argument("--text-encoder", default=None, help="Wan: local folder of umT5 and its tokenizer")
+    p.add_argument("--height", type=int, default=None, help=f"Wan: frame height in pixels (default: {WAN_SIZE[0]})")
+    p.add_argument("--width", type=int, default=None, help=f"Wan: frame width in pixels (default: {WAN_SIZE[1]})")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, stop_signals=True)
@@ -121,6 +123,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError("--init-frames picks frames of --init-video; give --init-video too")
     if args.init_frames is not None and args.init_frames < 1:
         raise ValueError(f"--init-frames must be at least 1, got {args.init_frames}")
+    for flag in ("height", "width"):
+        value = getattr(args, flag)
+        if value is not None and args.world != "wan":
+            raise ValueError(f"--{flag} sets the Wan world's frame size; the {args.world} world's frames have one size")
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be a positive number of pixels, got {value}")
 
 
 def _check_paths_exist(args: argparse.Namespace) -> None:
@@ -161,7 +169,28 @@ def _load(args: argparse.Namespace, device: torch.device):
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(args.checkpoint, device=str(device), dtype=dtype).eval()
-    return model, args.checkpoint, wan_world(args.vae, args.text_encoder, device=str(device))
+    world = wan_world(args.vae, args.text_encoder, args.height or WAN_SIZE[0], args.width or WAN_SIZE[1],
+                      device=str(device))
+    _check_wan_fits(model, world)
+    return model, args.checkpoint, world
+
+
+def _check_wan_fits(model, world) -> None:
+    """The checkpoint's model must take the VAE's latents, the text encoder's states and the frame
+    size (in whole patches of latents); else one line naming the flags on both sides."""
+    cfg, codec, text = model.cfg, world.codec, world.text_encoder
+    if (cfg.in_dim, cfg.out_dim) != (codec.latent_channels,) * 2:
+        raise ValueError(f"the model (--checkpoint) takes {cfg.in_dim} latent channels, but the VAE (--vae) has "
+                         f"{codec.latent_channels}: they are not from the same Wan model")
+    if cfg.text_dim != text.dim or cfg.text_len < text.max_len:
+        raise ValueError(f"the model (--checkpoint) takes {cfg.text_len} text states of {cfg.text_dim}, but the text "
+                         f"encoder (--text-encoder) gives {text.max_len} of {text.dim}: "
+                         f"they are not from the same Wan model")
+    for flag, pixels, patch in (("height", world.height, cfg.patch_size[1]), ("width", world.width, cfg.patch_size[2])):
+        step = codec.spatial_factor * patch
+        if pixels % step:
+            raise ValueError(f"--{flag} {pixels}: Wan frames must be a multiple of {step} pixels "
+                             f"(the VAE's {codec.spatial_factor} x the model's patch of {patch})")
 
 
 def _method_config(args: argparse.Namespace):
@@ -201,7 +230,6 @@ def _fit_to_run(args, config, model, world, frames: int, given, device: torch.de
         if getattr(args, flag) is not None:  # the default window is cut silently
             print(f"note: {note}", file=sys.stderr)
     check_cache_fits(model, config, world.latent_shape, device)
-    check_video_fits(world, frames, blocks * k)
     return config
 
 

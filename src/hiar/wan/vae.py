@@ -16,6 +16,7 @@ class WanVAE:
     latent frames. Latents are normalised per channel with the VAE config's ``latents_mean`` /
     ``latents_std`` as Wan (and diffusers' ``WanPipeline``) do: ``z = (mu - mean) / std`` on the way
     in, ``mu = z * std + mean`` on the way out. Encoding takes the posterior mean (no sampling).
+    :meth:`stream_decoder` decodes a video block by block with the same numbers as :meth:`decode`.
     """
 
     def __init__(self, vae, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -69,11 +70,66 @@ class WanVAE:
         mu = self.vae.encode(frames.to(self.device, self.dtype)).latent_dist.mode().float()
         return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents ``[B, z_dim, F', H', W']`` -> pixels in [-1, 1] (float32)."""
+    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, z_dim, F', H', W']`` -> the VAE's own latents, on its device and dtype."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, F, H, W], got {tuple(latents.shape)}")
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
-        video = self.vae.decode(z.to(self.device, self.dtype)).sample
+        return z.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, z_dim, F', H', W']`` -> pixels in [-1, 1] (float32), the whole video at once."""
+        video = self.vae.decode(self.denormalise(latents)).sample
         return video.float().clamp(-1, 1)
+
+    def stream_decoder(self) -> "WanStreamDecoder":
+        """A decoder that takes the latent video a block at a time (see :class:`WanStreamDecoder`)."""
+        return WanStreamDecoder(self)
+
+
+class WanStreamDecoder:
+    """Decodes a latent video block by block, carrying the causal VAE's state from block to block.
+
+    Wan's decoder is causal in time: every causal convolution sees its input's last frames
+    (``CACHE_T`` = 2) from before, and diffusers' ``AutoencoderKLWan`` decodes one latent frame at a
+    time with a list of those frames per convolution. This keeps that list (:attr:`cache`) between
+    calls, so the blocks decode to exactly the frames of a one-shot :meth:`WanVAE.decode` of their
+    concatenation: ``1`` pixel frame for the stream's first latent frame, ``temporal_factor`` for
+    each later one. The cache holds at most two frames per convolution, so memory does not grow
+    with the length of the stream.
+    """
+
+    def __init__(self, codec: WanVAE):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.codec = codec
+        self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in codec.vae.decoder.modules())
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new video: the next latent frame is a first frame again."""
+        # One entry per causal convolution, filled in the order the decoder calls them.
+        self.cache: list = [None] * self.num_convs
+        self.started = False
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The next latent frames ``[B, z_dim, n, H', W']`` (normalised) -> their pixels in [-1, 1] (float32)."""
+        vae = self.codec.vae
+        x = vae.post_quant_conv(self.codec.denormalise(latents))  # a 1x1x1 convolution: frame by frame
+        frames = []
+        for i in range(x.shape[2]):
+            frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0],
+                                      first_chunk=not self.started))
+            self.started = True
+        video = torch.cat(frames, dim=2)
+        if vae.config.patch_size is not None:  # Wan2.2's VAE folds pixels into channels
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+            video = unpatchify(video, patch_size=vae.config.patch_size)
+        return video.float().clamp(-1, 1)
+
+    def cache_bytes(self) -> int:
+        """Bytes the carried state holds (the cached frames of every causal convolution)."""
+        return sum(t.numel() * t.element_size() for t in self.cache if isinstance(t, torch.Tensor))
