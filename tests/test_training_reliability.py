@@ -322,6 +322,22 @@ def test_no_resume_refuses_a_folder_with_checkpoints_unless_overwrite(tmp_path, 
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_running_a_finished_stage_again_keeps_its_model_file(tmp_path, capsys):
+    """A finished run is not re-exported: its model file (whose metadata names the commit that made
+    it) stays byte for byte what was evaluated; a longer ``steps`` still continues and exports."""
+    out = tmp_path / "run"
+    run_stage(teacher(out, steps=2, checkpoint_every=1))
+    model = out / "model.safetensors"
+    before, mtime = model.read_bytes(), model.stat().st_mtime_ns
+    capsys.readouterr()
+    summary = run_stage(teacher(out, steps=2, checkpoint_every=1))
+    assert summary["start_step"] == summary["end_step"] == 2
+    assert model.read_bytes() == before and model.stat().st_mtime_ns == mtime
+    assert f"already finished at step 2/2; {model} is kept" in capsys.readouterr().err
+    assert run_stage(teacher(out, steps=3, checkpoint_every=1))["end_step"] == 3
+    assert model.stat().st_mtime_ns != mtime
+
+
 def test_no_resume_is_fine_on_a_folder_without_checkpoints(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

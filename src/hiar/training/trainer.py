@@ -624,8 +624,13 @@ class Trainer:
             bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
                        disable=not (self.cfg.progress and self.is_main), file=sys.stderr)
             summary = {"stage": stage.name, "start_step": start, "steps": total}
-            self._loop(start, total, bar, summary)
-            stage.export()
+            if 0 < start >= total and (self.out / "model.safetensors").is_file():
+                # Finished before: its exported model stays as it is (re-exporting would rewrite the
+                # file with this commit in its metadata, so it would no longer be the file evaluated).
+                self._note(f"already finished at step {start}/{total}; {self.out / 'model.safetensors'} is kept")
+            else:
+                self._loop(start, total, bar, summary)
+                stage.export()
             self.barrier()
         except NonFiniteError as err:
             self.log({"event": "non_finite", "message": str(err)})
