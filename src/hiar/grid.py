@@ -23,14 +23,24 @@ and where a fused call can write a context block together with the denoise that 
 :class:`Planner` turns a sequence of cells into model calls (:class:`Call`) without running any:
 it tracks, per stage, how many blocks its cache holds and which context blocks wait to be written
 (*pending*). The executor (:class:`hiar.sampling.GridSampler`) holds the tensors and runs the calls.
+
+Prompt switching (LongLive's interactive video) is data too: a :class:`PromptSchedule` says under
+which prompt each block is made, every call says which prompt each of its segments cross-attends
+to, and a :class:`SwitchPolicy` says whether a stage's cached context is re-run under the new
+prompt (a *recache* call) before the first block under it reads the cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hiar.attention import AttentionSpec
 
 
 class ContextRule(enum.Enum):
@@ -202,6 +212,51 @@ def check_pipelinable(rule: Rule, num_steps: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Prompts
+
+
+class SwitchPolicy(enum.Enum):
+    """What a stage's KV cache holds when the prompt changes.
+
+    ``KV_KEEP``: cached context stays as it was written: each context block's keys and values were
+    computed under the prompt of that block. ``KV_RECACHE`` (LongLive's KV re-cache): before the
+    first cell under a new prompt reads a stage's cache, every context block the cache holds is
+    re-run under the new prompt (one write-only call on the emptied cache: the held blocks attend
+    to each other, at that stage's context level), and context still to be written is written
+    under the new prompt; so every cell reads context computed under its own block's prompt.
+    """
+
+    KV_KEEP = "kv-keep"
+    KV_RECACHE = "kv-recache"
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Under which prompt each block is made: prompt i from generated block ``starts[i]`` on.
+
+    Given frames (negative blocks) count as prompt 0's. ``PromptSchedule()`` is one prompt.
+    """
+
+    starts: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        starts = tuple(int(b) for b in self.starts)
+        object.__setattr__(self, "starts", starts)
+        if not starts or starts[0] != 0:
+            raise ValueError(f"a prompt schedule starts with prompt 0 at block 0, got starts {list(starts)}")
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"the first blocks of a prompt schedule must increase strictly, got {list(starts)}")
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.starts)
+
+    def prompt(self, block: int) -> int:
+        """The prompt block ``block`` is made under."""
+        return 0 if block < 0 else bisect.bisect_right(self.starts, block) - 1
+
+
+# ------------------------------------------------------------------------------------------------
 # The plan of model calls
 
 
@@ -218,13 +273,17 @@ class Call:
     """One model call on one stage's cache: ``[writes..., cell's block]``, the writes' K/V kept.
 
     ``cell`` None: a write-only call. ``self_write``: the cell's own input is its context for later
-    blocks (level(n, j) = j), so the call writes it too.
+    blocks (level(n, j) = j), so the call writes it too. ``prompts``: the prompt each segment
+    (each write, then the cell) cross-attends to. ``recache``: a write-only call that empties the
+    cache and writes again the context blocks it held, under a new prompt.
     """
 
     stage: int
     writes: tuple[Ctx, ...]
     cell: tuple[int, int] | None = None
     self_write: bool = False
+    prompts: tuple[int, ...] = ()
+    recache: bool = False
 
 
 @dataclass
@@ -242,6 +301,8 @@ class _Stage:
     steps: list[int]  # the steps that read this cache
     written: int = 0  # blocks in the cache (given blocks included)
     pending: list[Ctx] = field(default_factory=list)
+    prompt: int = 0  # the prompt of the last cell that read this cache
+    held: list[Ctx] = field(default_factory=list)  # context blocks the cache still holds (tracked for recaching)
 
 
 class Planner:
@@ -251,14 +312,22 @@ class Planner:
     rollout's exit step): then level S means the block's x0 prediction at that step, labelled clean.
     ``given_blocks`` blocks of given frames (block indices -G..-1) start out pending in every stage,
     clean (``given_at_levels`` False: the released code) or at each stage's own level.
+    ``prompts`` and ``switch``: see :class:`PromptSchedule`, :class:`SwitchPolicy`; ``attention``
+    (its window and sink) says which context blocks a cache still holds, which a recache re-runs
+    (None: every block written).
     """
 
     def __init__(self, rule: Rule, num_steps: int, *, last_step: int | None = None, given_blocks: int = 0,
-                 given_at_levels: bool = False, fused: bool = True, num_blocks: int | None = None):
+                 given_at_levels: bool = False, fused: bool = True, num_blocks: int | None = None,
+                 prompts: PromptSchedule = PromptSchedule(), switch: SwitchPolicy = SwitchPolicy.KV_RECACHE,
+                 attention: "AttentionSpec | None" = None):
         S = num_steps
         self.rule, self.S = rule, S
         self.last = S if last_step is None else last_step
         self.given, self.fused = given_blocks, fused
+        self.prompts, self.switch, self.attention = prompts, switch, attention
+        # Only a run that re-caches needs to know what each cache holds.
+        self.recaches = switch is SwitchPolicy.KV_RECACHE and prompts.num_prompts > 1
         # Steps share a cache when they read every block at the same level (the rule is constant past
         # its horizon). Steps past the exit step never run: they get no cache.
         lo = -given_blocks if given_at_levels else 0
@@ -284,14 +353,48 @@ class Planner:
     def _self_write(self, n: int, j: int) -> bool:
         return self.level(n, j) == j
 
+    def _write_prompt(self, st: _Stage, c: Ctx) -> int:
+        """kv-keep: a context block is written under its own prompt; kv-recache: under the prompt
+        the cache is now read under (the same until a switch, and the new one after it)."""
+        return st.prompt if self.switch is SwitchPolicy.KV_RECACHE else self.prompts.prompt(c.block)
+
+    def _wrote(self, st: _Stage, ctxs: list[Ctx]) -> None:
+        """Count blocks written into a stage; under recaching, track which ones its cache still holds."""
+        st.written += len(ctxs)
+        if not self.recaches or not ctxs:
+            return
+        st.held += ctxs
+        spec = self.attention
+        if spec is None or spec.cache_frames is None:
+            return
+        k = spec.block_frames
+        end = (self.given + st.held[-1].block + 1) * k  # frames the cache has seen
+        ring = spec.cache_frames - spec.sink  # the cache keeps frames < sink and the last `ring` frames
+
+        def kept(c: Ctx) -> bool:
+            first = (self.given + c.block) * k
+            return first < spec.sink or first + k > end - ring
+        st.held = [c for c in st.held if kept(c)]
+
     def _flush(self, s: int) -> list[Call]:
         st = self.stages[s]
         if not st.pending:
             return []
-        calls = [Call(s, tuple(st.pending))] if self.fused else [Call(s, (c,)) for c in st.pending]
-        st.written += len(st.pending)
+        groups = [st.pending] if self.fused else [[c] for c in st.pending]
+        calls = [Call(s, tuple(g), prompts=tuple(self._write_prompt(st, c) for c in g)) for g in groups]
+        self._wrote(st, st.pending)
         st.pending = []
         return calls
+
+    def _switch(self, s: int, prompt: int) -> list[Call]:
+        """The stage's prompt becomes ``prompt``; under kv-recache, the call re-running what it holds."""
+        st = self.stages[s]
+        if prompt == st.prompt:
+            return []
+        st.prompt = prompt
+        if self.switch is not SwitchPolicy.KV_RECACHE or not st.held:
+            return []
+        return [Call(s, tuple(st.held), prompts=(prompt,) * len(st.held), recache=True)]
 
     def plan(self, group: list[tuple[int, int]]) -> CellPlan:
         """The calls of a group of cells run together (one cell, or a batched anti-diagonal)."""
@@ -306,10 +409,14 @@ class Planner:
             if st.written + len(st.pending) != self.given + n:
                 raise OrderError(f"cell (block {n}, step {j}) runs with {st.written + len(st.pending) - self.given} "
                                  f"earlier blocks for its cache: blocks must arrive in order")
+            prompt = self.prompts.prompt(n)
+            writes += self._switch(s, prompt)
             if not self.fused:
                 writes += self._flush(s)
-            calls.append(Call(s, tuple(st.pending), (n, j), self._self_write(n, j)))
-            st.written += len(st.pending) + self._self_write(n, j)
+            self_write = self._self_write(n, j)
+            calls.append(Call(s, tuple(st.pending), (n, j), self_write,
+                              prompts=tuple(self._write_prompt(st, c) for c in st.pending) + (prompt,)))
+            self._wrote(st, st.pending + ([Ctx(n, j)] if self_write else []))
             st.pending = []
         for n, j in group:  # what each cell produces for later blocks, once the whole group has read
             produced = {j + 1} | ({self.S} if j == self.last - 1 else set())
