@@ -27,7 +27,8 @@ it tracks, per stage, how many blocks its cache holds and which context blocks w
 Prompt switching (LongLive's interactive video) is data too: a :class:`PromptSchedule` says under
 which prompt each block is made, every call says which prompt each of its segments cross-attends
 to, and a :class:`SwitchPolicy` says whether a stage's cached context is re-run under the new
-prompt (a *recache* call) before the first block under it reads the cache.
+prompt (a *recache*: the cache is emptied and the blocks it held are written again, riding along
+with the new block's call like pending context) before the first block under it reads the cache.
 """
 
 from __future__ import annotations
@@ -220,10 +221,11 @@ class SwitchPolicy(enum.Enum):
 
     ``KV_KEEP``: cached context stays as it was written: each context block's keys and values were
     computed under the prompt of that block. ``KV_RECACHE`` (LongLive's KV re-cache): before the
-    first cell under a new prompt reads a stage's cache, every context block the cache holds is
-    re-run under the new prompt (one write-only call on the emptied cache: the held blocks attend
-    to each other, at that stage's context level), and context still to be written is written
-    under the new prompt; so every cell reads context computed under its own block's prompt.
+    first cell under a new prompt reads a stage's cache, the context blocks it reads from that cache
+    (those in its window, and the sink; each at the stage's context level) are run again under the
+    new prompt, as one clip on the emptied cache (one write-only call: the blocks attend to each
+    other as usual, not to blocks that left the window); context written later is written under
+    the new prompt too. So every cell reads context computed under its own block's prompt.
     """
 
     KV_KEEP = "kv-keep"
@@ -274,8 +276,8 @@ class Call:
 
     ``cell`` None: a write-only call. ``self_write``: the cell's own input is its context for later
     blocks (level(n, j) = j), so the call writes it too. ``prompts``: the prompt each segment
-    (each write, then the cell) cross-attends to. ``recache``: a write-only call that empties the
-    cache and writes again the context blocks it held, under a new prompt.
+    (each write, then the cell) cross-attends to. ``recache``: the call starts a KV re-cache: the
+    cache is emptied first, and the first ``rerun`` writes are blocks it held, written again.
     """
 
     stage: int
@@ -284,6 +286,7 @@ class Call:
     self_write: bool = False
     prompts: tuple[int, ...] = ()
     recache: bool = False
+    rerun: int = 0
 
 
 @dataclass
@@ -303,6 +306,8 @@ class _Stage:
     pending: list[Ctx] = field(default_factory=list)
     prompt: int = 0  # the prompt of the last cell that read this cache
     held: list[Ctx] = field(default_factory=list)  # context blocks the cache still holds (tracked for recaching)
+    reset: bool = False  # a recache waits: the next call empties the cache
+    rerun: int = 0  # the first `rerun` pending blocks are held ones, to be written again
 
 
 class Planner:
@@ -361,40 +366,53 @@ class Planner:
     def _wrote(self, st: _Stage, ctxs: list[Ctx]) -> None:
         """Count blocks written into a stage; under recaching, track which ones its cache still holds."""
         st.written += len(ctxs)
-        if not self.recaches or not ctxs:
-            return
-        st.held += ctxs
-        spec = self.attention
-        if spec is None or spec.cache_frames is None:
-            return
-        k = spec.block_frames
-        end = (self.given + st.held[-1].block + 1) * k  # frames the cache has seen
-        ring = spec.cache_frames - spec.sink  # the cache keeps frames < sink and the last `ring` frames
+        if self.recaches and ctxs:
+            st.held = self._holds(st.held + ctxs)
 
-        def kept(c: Ctx) -> bool:
-            first = (self.given + c.block) * k
-            return first < spec.sink or first + k > end - ring
-        st.held = [c for c in st.held if kept(c)]
+    def _holds(self, written: list[Ctx]) -> list[Ctx]:
+        """Of the context blocks written into a cache (in order), those it still holds: each block
+        with a frame in the sink or among the last ``sink + window - k`` frames (KVCache's ring)."""
+        spec = self.attention
+        if spec is None or spec.cache_frames is None or not written:
+            return written
+        k = spec.block_frames
+        end = (self.given + written[-1].block + 1) * k  # frames the cache has seen
+        ring = spec.cache_frames - spec.sink
+        return [c for c in written if (self.given + c.block) * k < spec.sink or (self.given + c.block + 1) * k > end - ring]
+
+    def _call(self, s: int, ctxs: list[Ctx], cell: tuple[int, int] | None = None, self_write: bool = False) -> Call:
+        """The call on stage ``s`` writing ``ctxs`` (then denoising ``cell``), and its bookkeeping."""
+        st = self.stages[s]
+        rerun = min(st.rerun, len(ctxs))
+        st.rerun -= rerun
+        recache, st.reset = st.reset, False
+        prompts = tuple(self._write_prompt(st, c) for c in ctxs) + (() if cell is None else (self.prompts.prompt(cell[0]),))
+        self._wrote(st, list(ctxs) + ([Ctx(*cell)] if self_write else []))
+        return Call(s, tuple(ctxs), cell, self_write, prompts, recache, rerun)
 
     def _flush(self, s: int) -> list[Call]:
         st = self.stages[s]
-        if not st.pending:
+        pending, st.pending = st.pending, []
+        if not pending:
             return []
-        groups = [st.pending] if self.fused else [[c] for c in st.pending]
-        calls = [Call(s, tuple(g), prompts=tuple(self._write_prompt(st, c) for c in g)) for g in groups]
-        self._wrote(st, st.pending)
-        st.pending = []
-        return calls
+        return [self._call(s, g) for g in ([pending] if self.fused else [[c] for c in pending])]
 
-    def _switch(self, s: int, prompt: int) -> list[Call]:
-        """The stage's prompt becomes ``prompt``; under kv-recache, the call re-running what it holds."""
+    def _switch(self, s: int, prompt: int) -> None:
+        """The stage's prompt becomes ``prompt``. Under kv-recache, a cache that holds blocks is
+        emptied, and the blocks the new block would read from it (those of its window and the sink,
+        after the pending ones are written) become pending again, ahead of the pending ones: so they
+        are written again, under the new prompt, as one clip with them."""
         st = self.stages[s]
         if prompt == st.prompt:
-            return []
+            return
         st.prompt = prompt
         if self.switch is not SwitchPolicy.KV_RECACHE or not st.held:
-            return []
-        return [Call(s, tuple(st.held), prompts=(prompt,) * len(st.held), recache=True)]
+            return
+        after = self._holds(st.held + st.pending)
+        rerun = [c for c in st.held if c in after]
+        st.written -= len(rerun)
+        st.pending = rerun + st.pending
+        st.rerun, st.reset, st.held = len(rerun), True, []
 
     def plan(self, group: list[tuple[int, int]]) -> CellPlan:
         """The calls of a group of cells run together (one cell, or a batched anti-diagonal)."""
@@ -409,15 +427,11 @@ class Planner:
             if st.written + len(st.pending) != self.given + n:
                 raise OrderError(f"cell (block {n}, step {j}) runs with {st.written + len(st.pending) - self.given} "
                                  f"earlier blocks for its cache: blocks must arrive in order")
-            prompt = self.prompts.prompt(n)
-            writes += self._switch(s, prompt)
+            self._switch(s, self.prompts.prompt(n))
             if not self.fused:
                 writes += self._flush(s)
-            self_write = self._self_write(n, j)
-            calls.append(Call(s, tuple(st.pending), (n, j), self_write,
-                              prompts=tuple(self._write_prompt(st, c) for c in st.pending) + (prompt,)))
-            self._wrote(st, st.pending + ([Ctx(n, j)] if self_write else []))
-            st.pending = []
+            pending, st.pending = st.pending, []
+            calls.append(self._call(s, pending, (n, j), self._self_write(n, j)))
         for n, j in group:  # what each cell produces for later blocks, once the whole group has read
             produced = {j + 1} | ({self.S} if j == self.last - 1 else set())
             mine: dict[Ctx, int] = {}

@@ -199,8 +199,8 @@ class GridReport:
     block_times_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     cache_bytes: int = 0
-    recache_calls: int = 0  # of model_calls: KV re-cache calls at prompt switches
-    recache_tokens: int = 0  # of query_tokens: the tokens those calls re-ran
+    recache_calls: int = 0  # of model_calls: the calls that started a KV re-cache (one per stage and switch)
+    recache_tokens: int = 0  # of query_tokens: the blocks written again by re-caches
 
     @property
     def frames_per_s(self) -> float:
@@ -309,9 +309,7 @@ class GridSampler:
         return schedule.renoise(x0, self.noise(c.block, c.level), self.cfg.levels[c.level])
 
     def _release(self, call: Call) -> None:
-        if call.recache:  # its blocks came from the held ones, not the kept results
-            return
-        for c in call.writes:
+        for c in call.writes[call.rerun:]:  # re-run blocks are held ones, not kept results
             if c.block >= 0:
                 entry = self._kept[c]
                 entry[1] -= 1
@@ -325,8 +323,8 @@ class GridSampler:
         """Model input of a call: ``[writes..., block]``, per-frame sigmas, absolute frames, frames
         written, and the prompt of each frame."""
         k = self.cfg.block_frames
-        held = self._held[call.stage] if call.recache else {}
-        parts = [held[c] if c in held else self._context(c) for c in call.writes]
+        held = self._held[call.stage]
+        parts = [held[c] if i < call.rerun else self._context(c) for i, c in enumerate(call.writes)]
         sigmas = [self._full(self._sigma(c.level), k) for c in call.writes]
         blocks = [c.block for c in call.writes]
         if call.cell is not None:
@@ -342,35 +340,43 @@ class GridSampler:
         return torch.cat(parts, dim=2), torch.cat(sigmas, dim=1), frames, write, prompts
 
     def _remember(self, call: Call, parts: list[torch.Tensor]) -> None:
-        """Under re-caching, keep the tensors of the context blocks a stage's cache holds, so a
-        switch can re-run them (the planner says which blocks the cache still holds)."""
+        """Under re-caching, keep the tensors of the context blocks written into a stage's cache, so
+        a switch can run them again (:meth:`_forget` drops those the cache no longer holds)."""
         if not self.planner.recaches:
             return
-        held = self._held[call.stage]
         written = list(zip(call.writes, parts))
         if call.self_write:
             n, j = call.cell
             written.append((Ctx(n, j), parts[-1]))
-        held.update((c, t.detach()) for c, t in written)
-        keep = set(self.planner.stages[call.stage].held)
-        for c in [c for c in held if c not in keep]:
-            del held[c]
+        self._held[call.stage].update((c, t.detach()) for c, t in written)
+
+    def _forget(self) -> None:
+        """After a planned group has run: keep only the blocks the planner says each cache holds."""
+        for held, st in zip(self._held, self.planner.stages):
+            keep = set(st.held)
+            for c in [c for c in held if c not in keep]:
+                del held[c]
+
+    def _begin(self, call: Call, x: torch.Tensor) -> None:
+        """A call that starts a KV re-cache empties its cache first; count what calls run again."""
+        if call.recache:
+            self.stages[call.stage].cache.reset()
+            self.report.recache_calls += 1
+        self.report.recache_tokens += self.denoiser.tokens(x) * call.rerun // (x.shape[2] // self.cfg.block_frames)
 
     def _write_only(self, call: Call) -> None:
         x, sig, frames, write, prompts = self._inputs(call, None)
-        cache = self.stages[call.stage].cache
-        if call.recache:
-            cache.reset()
-            self.report.recache_calls += 1
-            self.report.recache_tokens += self.denoiser.tokens(x)
+        self._begin(call, x)
         with torch.no_grad():
-            self.denoiser(x, sig, cache, frames, write, prompts[None])
+            self.denoiser(x, sig, self.stages[call.stage].cache, frames, write, prompts[None])
         self._release(call)
 
     def _denoise(self, calls: list[Call], xs: list[torch.Tensor], grad_cells: set) -> list[torch.Tensor]:
         """The cells' model calls; returns each cell's velocity for its block."""
         k = self.cfg.block_frames
         inputs = [self._inputs(c, x) for c, x in zip(calls, xs)]
+        for c, inp in zip(calls, inputs):
+            self._begin(c, inp[0])
         out: list[torch.Tensor | None] = [None] * len(calls)
         if len(calls) == 1 or not self.cfg.batched:
             for i, (c, (x, sig, frames, write, prompts)) in enumerate(zip(calls, inputs)):
@@ -426,6 +432,7 @@ class GridSampler:
                     t = x_next
                 self._kept[c] = [t.detach(), stages]
             results.append((x_next, x0_hat))
+        self._forget()
         return results
 
     def _teacher_block(self, n: int) -> torch.Tensor:
@@ -441,6 +448,7 @@ class GridSampler:
         stages = None if steps is None else sorted({self.planner.stage_of[j] for j in steps})
         for call in self.planner.trailing(stages):
             self._write_only(call)
+        self._forget()
 
     # -- streaming --------------------------------------------------------------------------------
     def stream(
