@@ -19,7 +19,7 @@ from hiar.attention import block_causal
 from hiar.model import FrameText
 from hiar.pipeline import PipelineJob, spawn_pipeline
 from hiar.sampling import (
-    ContextRule, GridSampler, InitContext, NoiseBank, Order, PromptSchedule, SamplerConfig, SwitchPolicy,
+    ContextRule, GridSampler, Hybrid, InitContext, NoiseBank, Order, PromptSchedule, SamplerConfig, SwitchPolicy,
 )
 from tests.helpers import tiny_model
 
@@ -88,6 +88,17 @@ def test_two_switches_back_and_forth_in_every_order(model, texts):
         ref, report = run(model, three, prompts=prompts, switch=switch, order=Order.STEP_FIRST)
         out, _ = run(model, three, prompts=prompts, switch=switch, batched=True)
         assert close(out, ref)
+
+
+@pytest.mark.parametrize("switch", list(SwitchPolicy))
+def test_hybrids_across_a_switch_reduce_to_hiar_and_self_forcing(model, texts, switch):
+    kw = dict(window=9, sink=3, switch=switch, order=Order.BLOCK_FIRST)
+    hiar, _ = run(model, texts, context=ContextRule.OUTPUT, **kw)
+    self_forcing, _ = run(model, texts, context=ContextRule.CLEAN, **kw)
+    assert close(run(model, texts, context=Hybrid(first_steps=1), **kw)[0], hiar)
+    assert close(run(model, texts, context=Hybrid(first_steps=S), **kw)[0], self_forcing)
+    blocks, _ = run(model, texts, context=Hybrid(first_blocks=2), **kw)
+    assert close(run(model, texts, context=Hybrid(first_blocks=2), fused=False, **kw)[0], blocks)
 
 
 @pytest.mark.parametrize("switch", list(SwitchPolicy))

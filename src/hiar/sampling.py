@@ -156,10 +156,6 @@ class Denoiser:
         self.calls = 0
         self.query_tokens = 0
 
-    @property
-    def text(self) -> TextContext:
-        return self.texts[0]
-
     def tokens(self, x: torch.Tensor) -> int:
         cfg = self.model.cfg
         B, _, Fr, H, W = x.shape
