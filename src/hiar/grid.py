@@ -223,9 +223,10 @@ class SwitchPolicy(enum.Enum):
     computed under the prompt of that block. ``KV_RECACHE`` (LongLive's KV re-cache): before the
     first cell under a new prompt reads a stage's cache, the context blocks it reads from that cache
     (those in its window, and the sink; each at the stage's context level) are run again under the
-    new prompt, as one clip on the emptied cache (one write-only call: the blocks attend to each
-    other as usual, not to blocks that left the window); context written later is written under
-    the new prompt too. So every cell reads context computed under its own block's prompt.
+    new prompt, as one clip on the emptied cache (they attend to each other as usual, not to blocks
+    that left the window; they ride along with the next call on that cache, as pending context
+    does); context written later is written under the new prompt too. So every cell reads context
+    computed under its own block's prompt.
     """
 
     KV_KEEP = "kv-keep"

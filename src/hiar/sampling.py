@@ -317,7 +317,7 @@ class GridSampler:
 
     def _inputs(self, call: Call, x: torch.Tensor | None):
         """Model input of a call: ``[writes..., block]``, per-frame sigmas, absolute frames, frames
-        written, and the prompt of each frame."""
+        written, and the prompt of each frame (what it writes is remembered, for a re-cache)."""
         k = self.cfg.block_frames
         held = self._held[call.stage]
         parts = [held[c] if i < call.rerun else self._context(c) for i, c in enumerate(call.writes)]
