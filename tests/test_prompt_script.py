@@ -121,3 +121,12 @@ def test_a_bundled_model_follows_a_switch_in_its_per_segment_semantic_score():
     before_red, after_red = scorer.score(video, RED).segments["semantic"]
     assert after_blue > before_blue + 0.1, (before_blue, after_blue)  # measured: 0.38 -> 0.60
     assert after_red < before_red - 0.3, (before_red, after_red)  # measured: 0.98 -> 0.30
+
+
+def test_cli_pipelined_switch_reports_the_planned_cost(tmp_path, capsys, toy_checkpoint):
+    out = tmp_path / "v.mp4"
+    code = main(["generate", RED, "--prompt-at", "0.5", BLUE, "--pipeline", "--frames", "15", "--quiet",
+                 "--checkpoint", str(toy_checkpoint), "-o", str(out)])
+    printed = capsys.readouterr().err
+    assert code == 0 and out.exists(), printed
+    assert "KV re-cache emptied 4 caches (one per rank and switch) and ran 1536 query tokens again" in printed

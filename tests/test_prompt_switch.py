@@ -20,6 +20,7 @@ from hiar.model import FrameText
 from hiar.pipeline import PipelineJob, spawn_pipeline
 from hiar.sampling import (
     ContextRule, GridSampler, Hybrid, InitContext, NoiseBank, Order, PromptSchedule, SamplerConfig, SwitchPolicy,
+    planned_recache,
 )
 from tests.helpers import tiny_model
 
@@ -262,6 +263,8 @@ def test_recache_costs_the_tokens_it_runs_again_and_a_call_per_block_only_unfuse
     assert recache.recache_tokens == stages * rerun_blocks_per_stage * TOKENS_PER_BLOCK
     assert recache.query_tokens == plain.query_tokens + recache.recache_tokens
     assert recache.model_calls == plain.model_calls + (0 if fused else stages * rerun_blocks_per_stage)
+    cfg = SamplerConfig(context=rule, order=order, window=window, fused=fused)
+    assert planned_recache(cfg, N_BLOCKS, SWITCH) == (stages, stages * rerun_blocks_per_stage)  # what pipelined runs print
 
 
 def test_schedules_are_checked(model, texts):

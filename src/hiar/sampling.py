@@ -515,6 +515,17 @@ class GridSampler:
         return torch.cat([b for _, b in self.stream(num_blocks, **kwargs)], dim=2)
 
 
+def planned_recache(config: SamplerConfig, num_blocks: int, prompts: PromptSchedule, given_blocks: int = 0) -> tuple[int, int]:
+    """(caches a run empties for re-caching, blocks it writes again), from its plan alone: what a
+    pipelined run's :class:`GridReport` would count (its ranks report none)."""
+    planner = Planner(config.context, config.num_steps, given_blocks=given_blocks, num_blocks=num_blocks,
+                      given_at_levels=config.init_context is InitContext.LEVEL, fused=config.fused, prompts=prompts,
+                      switch=config.switch, attention=config.attention)
+    plans = [planner.plan([cell]) for cell in cells(config.order, num_blocks, config.num_steps)]
+    calls = [c for p in plans for c in p.writes + p.calls]
+    return sum(c.recache for c in calls), sum(c.rerun for c in calls)
+
+
 def sample_video(
     model: WanModel,
     text: torch.Tensor | TextContext | list[torch.Tensor | TextContext],

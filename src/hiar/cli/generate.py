@@ -146,6 +146,20 @@ def _switch_cost(report, config) -> str:
             + ("" if config.fused else ", one model call per block run again (--no-fuse)"))
 
 
+def _planned_switch_cost(model, world, config, schedule, n_blocks: int, given) -> str:
+    """:func:`_switch_cost` of a pipelined run, from its plan (the ranks send blocks, not reports)."""
+    from hiar.sampling import planned_recache
+
+    if config.switch is SwitchPolicy.KV_KEEP:
+        return "prompt switches: caches kept (kv-keep): no extra model calls or tokens"
+    k = config.block_frames
+    emptied, blocks = planned_recache(config, n_blocks, schedule, 0 if given is None else given.latents.shape[2] // k)
+    _, h, w = world.latent_shape
+    _, ph, pw = model.cfg.patch_size
+    return (f"prompt switches: KV re-cache emptied {emptied} caches (one per rank and switch) and ran "
+            f"{blocks * k * (h // ph) * (w // pw)} query tokens again")
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse bad numbers before any work, naming the flag."""
     if args.frames is not None and args.frames < 1:
@@ -370,6 +384,8 @@ def _spawn_ranks(args, model, world, config, frames, writer, source, given, text
     wall = run.block_done_s[-1] if run.block_done_s else float("nan")
     print(f"wrote {writer.path}: {frames} frames over {config.num_steps} processes, "
           f"{frames / wall:.1f} frames/s, first block after {run.block_done_s[0]:.3f} s", file=sys.stderr)
+    if schedule.num_prompts > 1:
+        print(_planned_switch_cost(model, world, config, schedule, n_blocks, given), file=sys.stderr)
     return 0
 
 
