@@ -20,7 +20,10 @@ from hiar.grid import PromptSchedule
 
 @dataclass(frozen=True)
 class PromptScript:
-    """The prompt at 0 s and the later switches, ``(seconds, prompt)`` with increasing times."""
+    """The prompt at 0 s and the later switches, ``(seconds, prompt)`` with increasing times.
+
+    A switch to an empty prompt is refused (a typo, more likely than a wish for unconditional
+    video); the prompt at 0 s is taken as it is, as without switches."""
 
     first: str
     switches: tuple[tuple[float, str], ...] = ()
@@ -30,8 +33,6 @@ class PromptScript:
         object.__setattr__(self, "switches", tuple((float(t), p) for t, p in self.switches))
         sources = self.sources or tuple(f"switch at {t:g} s" for t, _ in self.switches)
         object.__setattr__(self, "sources", sources)
-        if not self.first.strip():
-            raise ValueError("the prompt (at 0 s) is empty")
         previous = 0.0
         for (t, prompt), where in zip(self.switches, sources):
             if not math.isfinite(t) or t <= 0:
