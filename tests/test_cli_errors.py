@@ -35,6 +35,7 @@ def files(tmp_path_factory, toy_checkpoint):
     (root / "prompts.txt").write_text(f"{PROMPT}\n")
     (root / "two-prompts.txt").write_text(f"{PROMPT}\n{PROMPT}\n")
     (root / "mauve.txt").write_text("a mauve circle\n")
+    (root / "bad-script.txt").write_text("# a prompt script\n0.5: a blue square\nabc: a red circle\n")
     assert main(["generate", PROMPT, "--frames", "12", "-o", str(root / "v.mp4"), "--quiet",
                  "--checkpoint", str(toy_checkpoint)]) == 0
     return {"root": root, "ckpt": toy_checkpoint, **{p.name.replace(".", "_").replace("-", "_"): p for p in root.iterdir()}}
@@ -89,6 +90,20 @@ BAD_INPUTS = [
     (GO + " --method self-forcing --batched", "--batched runs whole anti-diagonals: it needs --order diagonal, and --method self-forcing"),
     (GO.replace(PROMPT, "a fast mauve circle"), "mauve"),
     (GO + " --world wan", "--world wan needs --checkpoint, --vae and --text-encoder"),
+    # hiar generate: prompt switching
+    (GO + " --prompt-at ten 'a blue square'", "--prompt-at ten: 'ten' is not a number of seconds"),
+    (GO + " --prompt-at -1 'a blue square'", "--prompt-at -1: a switch time must be a number of seconds after 0"),
+    (GO + " --prompt-at 0 'a blue square'", "--prompt-at 0: a switch time must be a number of seconds after 0"),
+    (GO + " --prompt-at 0.5 'a blue square' --prompt-at 0.2 'a red circle'", "--prompt-at 0.2: switch times must increase"),
+    (GO + " --prompt-at 0.1 ' '", "--prompt-at 0.1: the prompt is empty"),
+    (GO + " --prompt-at 1 'a blue square'", "--prompt-at 1: the video is 0.1875 s long"),
+    (GO.replace("--frames 3", "--frames 12") + " --prompt-at 0.2 'a b' --prompt-at 0.21 'a c'", "--prompt-at 0.21: no block starts between"),
+    (GO.replace("--frames 3", "--frames 12") + " --prompt-at 0.2 'a fast mauve circle'", "mauve"),
+    (GO + " --prompt-script {root}/missing.txt", "prompt script not found: {root}/missing.txt (--prompt-script)"),
+    (GO + " --prompt-script {bad_script_txt}", "{bad_script_txt} line 3: 'abc' is not a number of seconds"),
+    (GO + " --prompt-script {a_file}", "{a_file} line 1: expected 'seconds: prompt'"),
+    (GO + " --prompt-script {bad_script_txt} --prompt-at 1 'a b'", "argument --prompt-at: not allowed with argument --prompt-script"),
+    (GO + " --switch keep", "argument --switch"),
     (GO + " --world wan --vae {root}/no-vae --text-encoder {root}/no-umt5", "{root}/no-vae"),
     # hiar train
     ("train {root}/missing.yaml", "{root}/missing.yaml"),

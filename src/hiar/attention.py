@@ -115,6 +115,12 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v if t is not None)
 
     # -- writing ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every frame (a KV re-cache writes them again under a new prompt)."""
+        self.k = [None] * self.num_layers
+        self.v = [None] * self.num_layers
+        self.slot_frames = torch.empty(0, dtype=torch.long)
+
     def plan(self, frames: list[int]) -> list[int]:
         """Slots the given frames will occupy (they must come after everything already cached)."""
         if self.num_frames and frames and min(frames) < self.next_frame:

@@ -19,6 +19,7 @@ import torch
 from hiar.conditioning import GivenFrames, encode_given
 from hiar.errors import UserError
 from hiar.model import WanModel
+from hiar.prompts import PromptScript
 from hiar.sampling import ContextRule, GridReport, GridSampler, Hybrid, Order, SamplerConfig
 from hiar.world.base import LatentCodec, TextEncoder, stream_decoder
 
@@ -277,7 +278,7 @@ def write_blocks(
 def generate(
     model: WanModel,
     world: World,
-    prompt: str,
+    prompt: str | PromptScript | list[tuple[float, str]],
     *,
     num_frames: int,
     config: SamplerConfig,
@@ -288,6 +289,10 @@ def generate(
 ) -> tuple[torch.Tensor | None, GridReport]:
     """Generate ``num_frames`` video frames for ``prompt`` (see :func:`write_blocks`).
 
+    ``prompt``: one prompt, or prompts switching mid-stream: a :class:`~hiar.prompts.PromptScript`
+    (the prompt at 0 s and ``(seconds, prompt)`` switches), or a list of ``(seconds, prompt)`` pairs
+    whose first is at 0 s. Each switch takes effect at the first block starting at or after its time;
+    ``config.switch`` says whether the KV caches are kept or re-cached under the new prompt.
     ``init_frames`` (pixels ``[3, P, H, W]`` in [-1, 1], or already encoded
     :class:`~hiar.conditioning.GivenFrames`): the video starts with them, unchanged, and continues
     (image-to-video with one frame, video extension with more). Returns the pixel video
@@ -296,10 +301,25 @@ def generate(
     given = init_frames
     if isinstance(init_frames, torch.Tensor):
         given = encode_given(init_frames, world.codec, config.block_frames)
-    text = world.text_encoder.encode([prompt]).to(model.device, model.dtype)
-    sampler = GridSampler(model, config, text, seeds=[seed], latent_shape=world.latent_shape,
-                          initial_latents=None if given is None else given.latents)
+    script = prompt_script(prompt)
+    schedule = script.schedule(num_frames, fps=world.fps, temporal_factor=world.codec.temporal_factor,
+                               block_frames=config.block_frames, continuing=given is not None)
+    texts = [world.text_encoder.encode([p]).to(model.device, model.dtype) for p in script.prompts]
+    sampler = GridSampler(model, config, texts, seeds=[seed], latent_shape=world.latent_shape,
+                          initial_latents=None if given is None else given.latents, prompts=schedule)
     blocks = sampler.stream(num_blocks_for(num_frames, world.codec, config.block_frames, continuing=given is not None))
     video = write_blocks(blocks, world, num_frames, writer=writer, progress=progress,
                          status=lambda: f"{sampler.report.frames_per_s:.1f}", given=given)
     return video, sampler.report
+
+
+def prompt_script(prompt: str | PromptScript | list[tuple[float, str]]) -> PromptScript:
+    """A prompt, a script, or ``[(0, first), (seconds, prompt), ...]`` as a :class:`PromptScript`."""
+    if isinstance(prompt, PromptScript):
+        return prompt
+    if isinstance(prompt, str):
+        return PromptScript(prompt)
+    pairs = list(prompt)
+    if not pairs or float(pairs[0][0]) != 0:
+        raise ValueError(f"a list of (seconds, prompt) starts with the prompt at 0 s, got {pairs[:1]}")
+    return PromptScript(pairs[0][1], tuple(pairs[1:]))

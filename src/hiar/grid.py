@@ -23,14 +23,25 @@ and where a fused call can write a context block together with the denoise that 
 :class:`Planner` turns a sequence of cells into model calls (:class:`Call`) without running any:
 it tracks, per stage, how many blocks its cache holds and which context blocks wait to be written
 (*pending*). The executor (:class:`hiar.sampling.GridSampler`) holds the tensors and runs the calls.
+
+Prompt switching (LongLive's interactive video) is data too: a :class:`PromptSchedule` says under
+which prompt each block is made, every call says which prompt each of its segments cross-attends
+to, and a :class:`SwitchPolicy` says whether a stage's cached context is re-run under the new
+prompt (a *recache*: the cache is emptied and the blocks it held are written again, riding along
+with the new block's call like pending context) before the first block under it reads the cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hiar.attention import AttentionSpec
 
 
 class ContextRule(enum.Enum):
@@ -202,6 +213,53 @@ def check_pipelinable(rule: Rule, num_steps: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Prompts
+
+
+class SwitchPolicy(enum.Enum):
+    """What a stage's KV cache holds when the prompt changes.
+
+    ``KV_KEEP``: cached context stays as it was written: each context block's keys and values were
+    computed under the prompt of that block. ``KV_RECACHE`` (LongLive's KV re-cache): before the
+    first cell under a new prompt reads a stage's cache, the context blocks it reads from that cache
+    (those in its window, and the sink; each at the stage's context level) are run again under the
+    new prompt, as one clip on the emptied cache (they attend to each other as usual, not to blocks
+    that left the window; they ride along with the next call on that cache, as pending context
+    does); context written later is written under the new prompt too. So every cell reads context
+    computed under its own block's prompt.
+    """
+
+    KV_KEEP = "kv-keep"
+    KV_RECACHE = "kv-recache"
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Under which prompt each block is made: prompt i from generated block ``starts[i]`` on.
+
+    Given frames (negative blocks) count as prompt 0's. ``PromptSchedule()`` is one prompt.
+    """
+
+    starts: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        starts = tuple(int(b) for b in self.starts)
+        object.__setattr__(self, "starts", starts)
+        if not starts or starts[0] != 0:
+            raise ValueError(f"a prompt schedule starts with prompt 0 at block 0, got starts {list(starts)}")
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"the first blocks of a prompt schedule must increase strictly, got {list(starts)}")
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.starts)
+
+    def prompt(self, block: int) -> int:
+        """The prompt block ``block`` is made under."""
+        return 0 if block < 0 else bisect.bisect_right(self.starts, block) - 1
+
+
+# ------------------------------------------------------------------------------------------------
 # The plan of model calls
 
 
@@ -218,13 +276,18 @@ class Call:
     """One model call on one stage's cache: ``[writes..., cell's block]``, the writes' K/V kept.
 
     ``cell`` None: a write-only call. ``self_write``: the cell's own input is its context for later
-    blocks (level(n, j) = j), so the call writes it too.
+    blocks (level(n, j) = j), so the call writes it too. ``prompts``: the prompt each segment
+    (each write, then the cell) cross-attends to. ``recache``: the call starts a KV re-cache: the
+    cache is emptied first, and the first ``rerun`` writes are blocks it held, written again.
     """
 
     stage: int
     writes: tuple[Ctx, ...]
     cell: tuple[int, int] | None = None
     self_write: bool = False
+    prompts: tuple[int, ...] = ()
+    recache: bool = False
+    rerun: int = 0
 
 
 @dataclass
@@ -242,6 +305,10 @@ class _Stage:
     steps: list[int]  # the steps that read this cache
     written: int = 0  # blocks in the cache (given blocks included)
     pending: list[Ctx] = field(default_factory=list)
+    prompt: int = 0  # the prompt of the last cell that read this cache
+    held: list[Ctx] = field(default_factory=list)  # context blocks the cache still holds (tracked for recaching)
+    reset: bool = False  # a recache waits: the next call empties the cache
+    rerun: int = 0  # the first `rerun` pending blocks are held ones, to be written again
 
 
 class Planner:
@@ -251,14 +318,22 @@ class Planner:
     rollout's exit step): then level S means the block's x0 prediction at that step, labelled clean.
     ``given_blocks`` blocks of given frames (block indices -G..-1) start out pending in every stage,
     clean (``given_at_levels`` False: the released code) or at each stage's own level.
+    ``prompts`` and ``switch``: see :class:`PromptSchedule`, :class:`SwitchPolicy`; ``attention``
+    (its window and sink) says which context blocks a cache still holds, which a recache re-runs
+    (None: every block written).
     """
 
     def __init__(self, rule: Rule, num_steps: int, *, last_step: int | None = None, given_blocks: int = 0,
-                 given_at_levels: bool = False, fused: bool = True, num_blocks: int | None = None):
+                 given_at_levels: bool = False, fused: bool = True, num_blocks: int | None = None,
+                 prompts: PromptSchedule = PromptSchedule(), switch: SwitchPolicy = SwitchPolicy.KV_RECACHE,
+                 attention: "AttentionSpec | None" = None):
         S = num_steps
         self.rule, self.S = rule, S
         self.last = S if last_step is None else last_step
         self.given, self.fused = given_blocks, fused
+        self.prompts, self.switch, self.attention = prompts, switch, attention
+        # Only a run that re-caches needs to know what each cache holds.
+        self.recaches = switch is SwitchPolicy.KV_RECACHE and prompts.num_prompts > 1
         # Steps share a cache when they read every block at the same level (the rule is constant past
         # its horizon). Steps past the exit step never run: they get no cache.
         lo = -given_blocks if given_at_levels else 0
@@ -284,14 +359,61 @@ class Planner:
     def _self_write(self, n: int, j: int) -> bool:
         return self.level(n, j) == j
 
+    def _write_prompt(self, st: _Stage, c: Ctx) -> int:
+        """kv-keep: a context block is written under its own prompt; kv-recache: under the prompt
+        the cache is now read under (the same until a switch, and the new one after it)."""
+        return st.prompt if self.switch is SwitchPolicy.KV_RECACHE else self.prompts.prompt(c.block)
+
+    def _wrote(self, st: _Stage, ctxs: list[Ctx]) -> None:
+        """Count blocks written into a stage; under recaching, track which ones its cache still holds."""
+        st.written += len(ctxs)
+        if self.recaches and ctxs:
+            st.held = self._holds(st.held + ctxs)
+
+    def _holds(self, written: list[Ctx]) -> list[Ctx]:
+        """Of the context blocks written into a cache (in order), those it still holds: each block
+        with a frame in the sink or among the last ``sink + window - k`` frames (KVCache's ring)."""
+        spec = self.attention
+        if spec is None or spec.cache_frames is None or not written:
+            return written
+        k = spec.block_frames
+        end = (self.given + written[-1].block + 1) * k  # frames the cache has seen
+        ring = spec.cache_frames - spec.sink
+        return [c for c in written if (self.given + c.block) * k < spec.sink or (self.given + c.block + 1) * k > end - ring]
+
+    def _call(self, s: int, ctxs: list[Ctx], cell: tuple[int, int] | None = None, self_write: bool = False) -> Call:
+        """The call on stage ``s`` writing ``ctxs`` (then denoising ``cell``), and its bookkeeping."""
+        st = self.stages[s]
+        rerun = min(st.rerun, len(ctxs))
+        st.rerun -= rerun
+        recache, st.reset = st.reset, False
+        prompts = tuple(self._write_prompt(st, c) for c in ctxs) + (() if cell is None else (self.prompts.prompt(cell[0]),))
+        self._wrote(st, list(ctxs) + ([Ctx(*cell)] if self_write else []))
+        return Call(s, tuple(ctxs), cell, self_write, prompts, recache, rerun)
+
     def _flush(self, s: int) -> list[Call]:
         st = self.stages[s]
-        if not st.pending:
+        pending, st.pending = st.pending, []
+        if not pending:
             return []
-        calls = [Call(s, tuple(st.pending))] if self.fused else [Call(s, (c,)) for c in st.pending]
-        st.written += len(st.pending)
-        st.pending = []
-        return calls
+        return [self._call(s, g) for g in ([pending] if self.fused else [[c] for c in pending])]
+
+    def _switch(self, s: int, prompt: int) -> None:
+        """The stage's prompt becomes ``prompt``. Under kv-recache, a cache that holds blocks is
+        emptied, and the blocks the new block would read from it (those of its window and the sink,
+        after the pending ones are written) become pending again, ahead of the pending ones: so they
+        are written again, under the new prompt, as one clip with them."""
+        st = self.stages[s]
+        if prompt == st.prompt:
+            return
+        st.prompt = prompt
+        if self.switch is not SwitchPolicy.KV_RECACHE or not st.held:
+            return
+        after = self._holds(st.held + st.pending)
+        rerun = [c for c in st.held if c in after]
+        st.written -= len(rerun)
+        st.pending = rerun + st.pending
+        st.rerun, st.reset, st.held = len(rerun), True, []
 
     def plan(self, group: list[tuple[int, int]]) -> CellPlan:
         """The calls of a group of cells run together (one cell, or a batched anti-diagonal)."""
@@ -306,11 +428,11 @@ class Planner:
             if st.written + len(st.pending) != self.given + n:
                 raise OrderError(f"cell (block {n}, step {j}) runs with {st.written + len(st.pending) - self.given} "
                                  f"earlier blocks for its cache: blocks must arrive in order")
+            self._switch(s, self.prompts.prompt(n))
             if not self.fused:
                 writes += self._flush(s)
-            calls.append(Call(s, tuple(st.pending), (n, j), self._self_write(n, j)))
-            st.written += len(st.pending) + self._self_write(n, j)
-            st.pending = []
+            pending, st.pending = st.pending, []
+            calls.append(self._call(s, pending, (n, j), self._self_write(n, j)))
         for n, j in group:  # what each cell produces for later blocks, once the whole group has read
             produced = {j + 1} | ({self.S} if j == self.last - 1 else set())
             mine: dict[Ctx, int] = {}

@@ -10,7 +10,8 @@ renaming. Beyond the original:
   lives in the model) and written by the same call that reads it: a forward over
   ``[context frames, new frames]`` with ``write_frames = len(context)`` is the *fused* pass;
 * RoPE computed for any absolute frame index (no fixed table to run off);
-* a per-prompt cross-attention cache (:class:`TextContext`).
+* a per-prompt cross-attention cache (:class:`TextContext`), and text per frame and batch group
+  (:class:`FrameText`: one call can hold context made under one prompt and a block under another).
 
 Sizes come from :class:`WanConfig`; ``PRESETS`` has the real 1.3B model and small toys.
 """
@@ -175,6 +176,46 @@ class TextContext:
         return TextContext(self.tokens.repeat(n, 1, 1), [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in self.kv])
 
 
+def _rows(ctx: TextContext, batch: int) -> TextContext:
+    """``ctx`` for a video batch of ``batch`` rows (its prompts repeated for each group)."""
+    if ctx.tokens.shape[0] == batch:
+        return ctx
+    if batch % ctx.tokens.shape[0]:
+        raise ValueError(f"text batch {ctx.tokens.shape[0]} does not divide video batch {batch}")
+    return ctx.repeat(batch // ctx.tokens.shape[0])
+
+
+def _stack_rows(contexts: list[TextContext]) -> TextContext:
+    """One context whose rows are the given contexts' rows, in order (one per batch group)."""
+    if all(c is contexts[0] for c in contexts):
+        return contexts[0].repeat(len(contexts))
+    kv = [(torch.cat([c.kv[i][0] for c in contexts]), torch.cat([c.kv[i][1] for c in contexts]))
+          for i in range(len(contexts[0].kv))]
+    return TextContext(torch.cat([c.tokens for c in contexts]), kv)
+
+
+@dataclass
+class FrameText:
+    """Text per frame: frame f of the rows of batch group g cross-attends to ``contexts[which[g, f]]``.
+
+    For a fused call whose context frames were made under another prompt than its new block, or
+    a batched call of cells under different prompts. Cross-attention is per query token, so this
+    is the same as one call per prompt.
+    """
+
+    contexts: list[TextContext]
+    which: torch.Tensor  # [G, F] indices into contexts (input frames)
+
+    def spans(self, rows: int) -> list[tuple[int, int, TextContext]]:
+        """Runs of frames ``[a, b)`` over which no group's text changes, each with one context of
+        ``rows`` rows per group."""
+        which = self.which.cpu()
+        F = which.shape[1]
+        cuts = [0] + [f for f in range(1, F) if bool((which[:, f] != which[:, f - 1]).any())] + [F]
+        return [(a, b, _stack_rows([_rows(self.contexts[int(p)], rows) for p in which[:, a]]))
+                for a, b in zip(cuts, cuts[1:])]
+
+
 class _Attention(nn.Module):
     """q/k/v/o projections with RMS-normed queries and keys (Wan's names)."""
 
@@ -275,6 +316,7 @@ class WanBlock(nn.Module):
 
     def forward(self, x, e, text_kv, pos, spec, cache, layer, write):
         # x: [B, L, C]; e: [B, F or 1, 6, C] float32 -> per-frame shift/scale/gate
+        # text_kv: (k, v) for every token, or [(first token, end token, (k, v)), ...] spans
         B, L, C = x.shape
         frames = e.shape[1]
         mod = (self.modulation.float().unsqueeze(1) + e).unbind(2)  # 6 x [B, F, C]
@@ -287,10 +329,16 @@ class WanBlock(nn.Module):
         h = framed(self.norm1(x)).float() * (1 + scale1) + shift1
         y = self.self_attn(h.flatten(1, 2).type_as(x), pos, spec, cache, layer, write)
         x = x + (framed(y).float() * gate1).flatten(1, 2).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), text_kv)
+        x = x + self._cross(self.norm3(x), text_kv)
         h = framed(self.norm2(x)).float() * (1 + scale2) + shift2
         y = self.ffn(h.flatten(1, 2).type_as(x))
         return x + (framed(y).float() * gate2).flatten(1, 2).type_as(x)
+
+
+    def _cross(self, h: torch.Tensor, text_kv) -> torch.Tensor:
+        if isinstance(text_kv, tuple):
+            return self.cross_attn(h, text_kv)
+        return torch.cat([self.cross_attn(h[:, a:b], kv) for a, b, kv in text_kv], dim=1)
 
 
 class Head(nn.Module):
@@ -373,7 +421,7 @@ class WanModel(nn.Module):
         self,
         x: torch.Tensor,
         timesteps: torch.Tensor,
-        text: torch.Tensor | TextContext,
+        text: torch.Tensor | TextContext | FrameText,
         *,
         attention: AttentionSpec = BIDIRECTIONAL,
         cache: KVCache | list[KVCache] | None = None,
@@ -383,6 +431,7 @@ class WanModel(nn.Module):
         """Predict the velocity for ``x`` [B, C, F, H, W].
 
         timesteps: ``[B]`` or per frame ``[B, F]`` (Wan's scale, 1000 * sigma).
+        text: encoder states, a :class:`TextContext`, or a :class:`FrameText` (text per frame and group).
         cache: a KV cache (or one per group of ``B / G`` batch rows) holding earlier frames.
         frames: absolute frame index of each input frame, ``[F]`` or per group ``[G, F]``;
             default: right after what the cache holds (or 0..F-1).
@@ -436,12 +485,8 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e).float().unflatten(-1, (6, cfg.dim))  # [B, F|1, 6, dim]
         e = e.float()
 
-        # Text
-        ctx = text if isinstance(text, TextContext) else self.encode_text(text)
-        if ctx.tokens.shape[0] != B:
-            if B % ctx.tokens.shape[0]:
-                raise ValueError(f"text batch {ctx.tokens.shape[0]} does not divide video batch {B}")
-            ctx = ctx.repeat(B // ctx.tokens.shape[0])
+        # Text: one context for every token, or spans of tokens each with its own
+        text_kv = self._text_kv(text, B, G, Fr, hp * wp)
 
         # Cache writes are planned once and committed after the last layer stored its K/V.
         write = None
@@ -454,14 +499,27 @@ class WanModel(nn.Module):
         for i, blk in enumerate(self.blocks):
             # Recomputation would read caches written after the forward pass: no checkpointing with a cache.
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None:
-                h = torch.utils.checkpoint.checkpoint(blk, h, e0, ctx.kv[i], pos, attention, caches, i, write, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(blk, h, e0, text_kv(i), pos, attention, caches, i, write, use_reentrant=False)
             else:
-                h = blk(h, e0, ctx.kv[i], pos, attention, caches, i, write)
+                h = blk(h, e0, text_kv(i), pos, attention, caches, i, write)
         if write is not None:
             for g, c in enumerate(caches):
                 c.commit(frames[g, : write[0]].tolist(), write[1][g], pos.tokens_per_frame)
         out = self.head(h, e)
         return self.unpatchify(out, fp, hp, wp)
+
+    def _text_kv(self, text, batch: int, groups: int, frames: int, tokens_per_frame: int):
+        """Layer i -> its cross-attention keys/values: (k, v), or token spans of a :class:`FrameText`."""
+        if not isinstance(text, FrameText):
+            ctx = _rows(text if isinstance(text, TextContext) else self.encode_text(text), batch)
+            return lambda i: ctx.kv[i]
+        pt = self.cfg.patch_size[0]
+        if tuple(text.which.shape) != (groups, frames):
+            raise ValueError(f"frame text must name a prompt per group and frame, [{groups}, {frames}], got {tuple(text.which.shape)}")
+        spans = [(a // pt * tokens_per_frame, b // pt * tokens_per_frame, _rows(c, batch)) for a, b, c in text.spans(batch // groups)]
+        if len(spans) == 1:
+            return lambda i: spans[0][2].kv[i]
+        return lambda i: [(a, b, c.kv[i]) for a, b, c in spans]
 
     def unpatchify(self, x: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
         pt, ph, pw = self.cfg.patch_size

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from hiar.errors import UserError, one_line
 from hiar.model import TextContext, WanModel
-from hiar.sampling import GridSampler, Order, SamplerConfig, check_pipelinable
+from hiar.sampling import GridSampler, Order, PromptSchedule, SamplerConfig, check_pipelinable
 
 
 class PipelineError(UserError, RuntimeError):
@@ -51,24 +51,26 @@ def _check(cfg: SamplerConfig, world: int) -> None:
 def pipeline_stream(
     model: WanModel,
     config: SamplerConfig,
-    text: torch.Tensor | TextContext,
+    text: torch.Tensor | TextContext | list[torch.Tensor | TextContext],
     *,
     seeds: list[int],
     latent_shape: tuple[int, int, int],
     num_blocks: int,
     group=None,
     initial_latents: torch.Tensor | None = None,
+    prompts: PromptSchedule | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Run this rank's stage; yields (n, x0 block) on the last rank, nothing elsewhere.
 
     Needs an initialised process group whose size is the number of steps. ``initial_latents``:
     given frames, written by every rank into its own stage (as :class:`GridSampler` does).
+    ``prompts``: a prompt schedule (``text`` one per prompt); each rank re-caches its own stage.
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     _check(config, world)
     # One process per stage: the sampler below only ever touches stage `rank`.
     sampler = GridSampler(model, replace(config, order=Order.DIAGONAL, batched=False), text, seeds=seeds,
-                          latent_shape=latent_shape, initial_latents=initial_latents)
+                          latent_shape=latent_shape, initial_latents=initial_latents, prompts=prompts)
     sampler.start(num_blocks)
     j = rank
     C, H, W = latent_shape
@@ -100,13 +102,14 @@ class PipelineJob:
 
     build_model: Callable[[], WanModel]
     config: SamplerConfig
-    text: torch.Tensor
+    text: torch.Tensor | list[torch.Tensor]  # one per prompt of ``prompts``
     seeds: list[int]
     latent_shape: tuple[int, int, int]
     num_blocks: int
     threads_per_rank: int = 1
     timeout_s: float = 300.0
     initial_latents: torch.Tensor | None = None  # given frames (whole blocks), as GridSampler takes them
+    prompts: PromptSchedule | None = None  # prompt switching, as GridSampler takes it
 
 
 def _free_port() -> int:
@@ -131,9 +134,10 @@ def _worker(rank: int, world: int, job: PipelineJob, port: int, out_dir: str, bl
             model = model.to(f"cuda:{rank}")
         dist.barrier()  # time the pipeline, not process start-up and model loading
         t0 = time.perf_counter()
-        for n, block in pipeline_stream(model, job.config, job.text.to(model.device), seeds=job.seeds,
+        text = [t.to(model.device) for t in job.text] if isinstance(job.text, (list, tuple)) else job.text.to(model.device)
+        for n, block in pipeline_stream(model, job.config, text, seeds=job.seeds,
                                         latent_shape=job.latent_shape, num_blocks=job.num_blocks,
-                                        initial_latents=job.initial_latents):
+                                        initial_latents=job.initial_latents, prompts=job.prompts):
             buf = io.BytesIO()
             torch.save(block.cpu(), buf)
             blocks.put((n, buf.getvalue(), time.perf_counter() - t0))

@@ -29,6 +29,11 @@ caches stay complete and generation can go on (:meth:`GridSampler.stream` with `
 
 Given frames (image-to-video, video extension: ``initial_latents``) are whole blocks before block
 0: they start out pending in every stage, so they ride along with each stage's first call.
+
+Prompt switching (``prompts=PromptSchedule(...)`` with one text per prompt): each call's segments
+cross-attend to the prompt the plan gives them (:class:`~hiar.model.FrameText` when a call mixes
+prompts), and under ``SwitchPolicy.KV_RECACHE`` a stage's cache is re-run under the new prompt
+before the first block under it reads the cache; the report counts these calls and tokens.
 """
 
 from __future__ import annotations
@@ -45,10 +50,10 @@ import torch
 from hiar import schedule
 from hiar.attention import AttentionSpec, KVCache, block_causal
 from hiar.grid import (  # noqa: F401  (re-exported: the grid's vocabulary is the sampler's)
-    Call, CellPlan, ContextRule, Ctx, Hybrid, Order, OrderError, Planner, Rule, cells, check_order,
-    check_pipelinable, dependencies, valid_orders,
+    Call, CellPlan, ContextRule, Ctx, Hybrid, Order, OrderError, Planner, PromptSchedule, Rule, SwitchPolicy, cells,
+    check_order, check_pipelinable, dependencies, valid_orders,
 )
-from hiar.model import TextContext, WanModel
+from hiar.model import FrameText, TextContext, WanModel
 
 
 class Transition(enum.Enum):
@@ -87,6 +92,7 @@ class SamplerConfig:
     fused: bool = True
     batched: bool = False  # run the independent cells of one anti-diagonal as one batched call
     init_context: InitContext = InitContext.LEVEL  # given frames: at each stage's level (measured), or clean
+    switch: SwitchPolicy = SwitchPolicy.KV_RECACHE  # at a prompt switch: keep the caches, or re-run them
 
     def __post_init__(self):
         lv = list(self.levels)
@@ -145,21 +151,31 @@ class NoiseBank:
 
 
 class Denoiser:
-    """A model with its prompt context, counting calls and query tokens."""
+    """A model with its prompts' contexts (one per prompt of a schedule), counting calls and query tokens."""
 
-    def __init__(self, model: WanModel, text: torch.Tensor | TextContext, spec: AttentionSpec):
+    def __init__(self, model: WanModel, texts: list[torch.Tensor | TextContext], spec: AttentionSpec):
         self.model, self.spec = model, spec
-        self.text = text if isinstance(text, TextContext) else model.encode_text(text)
+        self.texts = [t if isinstance(t, TextContext) else model.encode_text(t) for t in texts]
         self.calls = 0
         self.query_tokens = 0
 
-    def __call__(self, x, sigmas, cache, frames, write_frames) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor) -> int:
         cfg = self.model.cfg
-        self.calls += 1
         B, _, Fr, H, W = x.shape
-        self.query_tokens += B * Fr * (H // cfg.patch_size[1]) * (W // cfg.patch_size[2]) // cfg.patch_size[0]
+        return B * Fr * (H // cfg.patch_size[1]) * (W // cfg.patch_size[2]) // cfg.patch_size[0]
+
+    def _text(self, prompts: torch.Tensor | None) -> TextContext | FrameText:
+        """One prompt for the whole call, or text per group and frame (``prompts`` [G, F])."""
+        if prompts is None or bool((prompts == prompts.flatten()[0]).all()):
+            return self.texts[0 if prompts is None else int(prompts.flatten()[0])]
+        return FrameText(self.texts, prompts)
+
+    def __call__(self, x, sigmas, cache, frames, write_frames, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls += 1
+        self.query_tokens += self.tokens(x)
         t = schedule.timestep(sigmas).to(device=x.device, dtype=torch.float32)
-        return self.model(x, t, self.text, attention=self.spec, cache=cache, frames=frames, write_frames=write_frames)
+        return self.model(x, t, self._text(prompts), attention=self.spec, cache=cache, frames=frames,
+                          write_frames=write_frames)
 
 
 @dataclass
@@ -182,6 +198,8 @@ class GridReport:
     block_times_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     cache_bytes: int = 0
+    recache_calls: int = 0  # of model_calls: the calls that started a KV re-cache (one per stage and switch)
+    recache_tokens: int = 0  # of query_tokens: the blocks written again by re-caches
 
     @property
     def frames_per_s(self) -> float:
@@ -192,6 +210,7 @@ class GridReport:
             "model_calls": self.model_calls, "query_tokens": self.query_tokens, "blocks": self.blocks,
             "frames": self.frames, "first_block_latency_s": self.first_block_latency_s,
             "wall_s": self.wall_s, "frames_per_s": self.frames_per_s, "cache_bytes": self.cache_bytes,
+            "recache_calls": self.recache_calls, "recache_tokens": self.recache_tokens,
         }
 
 
@@ -209,22 +228,28 @@ class GridSampler:
     ``initial_latents`` ``[B or 1, C, G k, H, W]``: given frames (whole blocks) that the video
     continues; they are context only (``sample`` returns the generated blocks, numbered from 0).
     ``teacher_context``: CausVid's teacher forcing, clean data latents as the clean context.
-    A sampler runs once (its caches hold the run).
+    ``prompts``: a :class:`~hiar.grid.PromptSchedule`; ``text`` is then a list, one per prompt
+    (``config.switch`` says what the caches do at a switch). A sampler runs once (its caches hold the run).
     """
 
     def __init__(
         self,
         model: WanModel,
         config: SamplerConfig,
-        text: torch.Tensor | TextContext,
+        text: torch.Tensor | TextContext | list[torch.Tensor | TextContext],
         *,
         seeds: list[int],
         latent_shape: tuple[int, int, int],
         teacher_context: torch.Tensor | None = None,
         initial_latents: torch.Tensor | None = None,
+        prompts: PromptSchedule | None = None,
     ):
         self.model, self.cfg = model, config
-        self.denoiser = Denoiser(model, text, config.attention)
+        self.prompts = PromptSchedule() if prompts is None else prompts
+        texts = list(text) if isinstance(text, (list, tuple)) else [text]
+        if len(texts) != self.prompts.num_prompts:
+            raise ValueError(f"the prompt schedule has {self.prompts.num_prompts} prompts, but {len(texts)} texts were given")
+        self.denoiser = Denoiser(model, texts, config.attention)
         C, H, W = latent_shape
         k = config.block_frames
         self.noise = NoiseBank(seeds, (C, k, H, W), device=model.device, dtype=model.dtype)
@@ -237,6 +262,7 @@ class GridSampler:
         self.planner: Planner | None = None
         self.stages: list[Stage] = []
         self._kept: dict[Ctx, list] = {}  # produced context blocks waiting to be written: [tensor, stages left]
+        self._held: list[dict[Ctx, torch.Tensor]] = []  # per stage, the context blocks its cache holds (to re-cache)
         self.report = GridReport()
 
     def _check_given(self, x: torch.Tensor, latent_shape) -> torch.Tensor:
@@ -257,8 +283,9 @@ class GridSampler:
         cfg = self.cfg
         self.planner = Planner(cfg.context, cfg.num_steps, last_step=exit_step, given_blocks=self.given_blocks,
                                given_at_levels=cfg.init_context is InitContext.LEVEL, fused=cfg.fused,
-                               num_blocks=num_blocks)
+                               num_blocks=num_blocks, prompts=self.prompts, switch=cfg.switch, attention=cfg.attention)
         self.stages = [Stage(self.model.new_cache(cfg.attention), st.steps) for st in self.planner.stages]
+        self._held = [{} for _ in self.stages]
         return self.planner
 
     def initial(self, n: int) -> torch.Tensor:
@@ -281,7 +308,7 @@ class GridSampler:
         return schedule.renoise(x0, self.noise(c.block, c.level), self.cfg.levels[c.level])
 
     def _release(self, call: Call) -> None:
-        for c in call.writes:
+        for c in call.writes[call.rerun:]:  # re-run blocks are held ones, not kept results
             if c.block >= 0:
                 entry = self._kept[c]
                 entry[1] -= 1
@@ -292,37 +319,68 @@ class GridSampler:
         return torch.full((self.batch, frames), float(sigma), dtype=torch.float64)
 
     def _inputs(self, call: Call, x: torch.Tensor | None):
-        """Model input of a call: ``[writes..., block]``, per-frame sigmas, absolute frames, frames written."""
+        """Model input of a call: ``[writes..., block]``, per-frame sigmas, absolute frames, frames
+        written, and the prompt of each frame (what it writes is remembered, for a re-cache)."""
         k = self.cfg.block_frames
-        parts = [self._context(c) for c in call.writes]
+        held = self._held[call.stage]
+        parts = [held[c] if i < call.rerun else self._context(c) for i, c in enumerate(call.writes)]
         sigmas = [self._full(self._sigma(c.level), k) for c in call.writes]
+        blocks = [c.block for c in call.writes]
         if call.cell is not None:
             n, j = call.cell
             parts.append(x)
             sigmas.append(self._full(self.cfg.levels[j], k))
-            first = call.writes[0].block if call.writes else n
-        else:
-            first = call.writes[0].block
-        F = len(parts) * k
-        start = (self.given_blocks + first) * k
+            blocks.append(n)
+        # a recache call's blocks need not be contiguous (sink blocks, then the window)
+        frames = torch.cat([torch.arange((self.given_blocks + b) * k, (self.given_blocks + b + 1) * k) for b in blocks])
         write = len(call.writes) * k + (k if call.self_write else 0)
-        return torch.cat(parts, dim=2), torch.cat(sigmas, dim=1), torch.arange(start, start + F), write
+        prompts = torch.tensor(call.prompts or (0,) * len(blocks)).repeat_interleave(k)
+        self._remember(call, parts)
+        return torch.cat(parts, dim=2), torch.cat(sigmas, dim=1), frames, write, prompts
+
+    def _remember(self, call: Call, parts: list[torch.Tensor]) -> None:
+        """Under re-caching, keep the tensors of the context blocks written into a stage's cache, so
+        a switch can run them again (:meth:`_forget` drops those the cache no longer holds)."""
+        if not self.planner.recaches:
+            return
+        written = list(zip(call.writes, parts))
+        if call.self_write:
+            n, j = call.cell
+            written.append((Ctx(n, j), parts[-1]))
+        self._held[call.stage].update((c, t.detach()) for c, t in written)
+
+    def _forget(self) -> None:
+        """After a planned group has run: keep only the blocks the planner says each cache holds."""
+        for held, st in zip(self._held, self.planner.stages):
+            keep = set(st.held)
+            for c in [c for c in held if c not in keep]:
+                del held[c]
+
+    def _begin(self, call: Call, x: torch.Tensor) -> None:
+        """A call that starts a KV re-cache empties its cache first; count what calls run again."""
+        if call.recache:
+            self.stages[call.stage].cache.reset()
+            self.report.recache_calls += 1
+        self.report.recache_tokens += self.denoiser.tokens(x) * call.rerun // (x.shape[2] // self.cfg.block_frames)
 
     def _write_only(self, call: Call) -> None:
-        x, sig, frames, write = self._inputs(call, None)
+        x, sig, frames, write, prompts = self._inputs(call, None)
+        self._begin(call, x)
         with torch.no_grad():
-            self.denoiser(x, sig, self.stages[call.stage].cache, frames, write)
+            self.denoiser(x, sig, self.stages[call.stage].cache, frames, write, prompts[None])
         self._release(call)
 
     def _denoise(self, calls: list[Call], xs: list[torch.Tensor], grad_cells: set) -> list[torch.Tensor]:
         """The cells' model calls; returns each cell's velocity for its block."""
         k = self.cfg.block_frames
         inputs = [self._inputs(c, x) for c, x in zip(calls, xs)]
+        for c, inp in zip(calls, inputs):
+            self._begin(c, inp[0])
         out: list[torch.Tensor | None] = [None] * len(calls)
         if len(calls) == 1 or not self.cfg.batched:
-            for i, (c, (x, sig, frames, write)) in enumerate(zip(calls, inputs)):
+            for i, (c, (x, sig, frames, write, prompts)) in enumerate(zip(calls, inputs)):
                 with torch.enable_grad() if c.cell in grad_cells else torch.no_grad():
-                    out[i] = self.denoiser(x, sig, self.stages[c.stage].cache, frames, write)[:, :, -k:]
+                    out[i] = self.denoiser(x, sig, self.stages[c.stage].cache, frames, write, prompts[None])[:, :, -k:]
         else:
             # Batched anti-diagonal: cells with the same input length share one call, each with its cache.
             by_len: dict[int, list[int]] = {}
@@ -335,9 +393,10 @@ class GridSampler:
                 x = torch.cat([inputs[i][0] for i in idx])
                 sig = torch.cat([inputs[i][1] for i in idx])
                 frames = torch.stack([inputs[i][2] for i in idx])
+                prompts = torch.stack([inputs[i][4] for i in idx])
                 grad = any(calls[i].cell in grad_cells for i in idx)
                 with torch.enable_grad() if grad else torch.no_grad():
-                    v = self.denoiser(x, sig, [self.stages[calls[i].stage].cache for i in idx], frames, writes.pop())
+                    v = self.denoiser(x, sig, [self.stages[calls[i].stage].cache for i in idx], frames, writes.pop(), prompts)
                 for i, vi in zip(idx, v.split(self.batch)):
                     # a cell batched with a grad cell keeps no graph of its own
                     out[i] = vi[:, :, -k:] if calls[i].cell in grad_cells else vi[:, :, -k:].detach()
@@ -372,6 +431,7 @@ class GridSampler:
                     t = x_next
                 self._kept[c] = [t.detach(), stages]
             results.append((x_next, x0_hat))
+        self._forget()
         return results
 
     def _teacher_block(self, n: int) -> torch.Tensor:
@@ -387,6 +447,7 @@ class GridSampler:
         stages = None if steps is None else sorted({self.planner.stage_of[j] for j in steps})
         for call in self.planner.trailing(stages):
             self._write_only(call)
+        self._forget()
 
     # -- streaming --------------------------------------------------------------------------------
     def stream(
@@ -457,17 +518,30 @@ class GridSampler:
         return torch.cat([b for _, b in self.stream(num_blocks, **kwargs)], dim=2)
 
 
+def planned_recache(config: SamplerConfig, num_blocks: int, prompts: PromptSchedule, given_blocks: int = 0) -> tuple[int, int]:
+    """(caches a run empties for re-caching, blocks it writes again), from its plan alone: what a
+    pipelined run's :class:`GridReport` would count (its ranks report none)."""
+    planner = Planner(config.context, config.num_steps, given_blocks=given_blocks, num_blocks=num_blocks,
+                      given_at_levels=config.init_context is InitContext.LEVEL, fused=config.fused, prompts=prompts,
+                      switch=config.switch, attention=config.attention)
+    plans = [planner.plan([cell]) for cell in cells(config.order, num_blocks, config.num_steps)]
+    calls = [c for p in plans for c in p.writes + p.calls]
+    return sum(c.recache for c in calls), sum(c.rerun for c in calls)
+
+
 def sample_video(
     model: WanModel,
-    text: torch.Tensor | TextContext,
+    text: torch.Tensor | TextContext | list[torch.Tensor | TextContext],
     *,
     num_blocks: int,
     seeds: list[int],
     latent_shape: tuple[int, int, int],
     config: SamplerConfig = SamplerConfig(),
     initial_latents: torch.Tensor | None = None,
+    prompts: PromptSchedule | None = None,
 ) -> tuple[torch.Tensor, GridReport]:
     """One-call convenience: sample ``num_blocks`` blocks (after any given ones) and return (latents, report)."""
-    sampler = GridSampler(model, config, text, seeds=seeds, latent_shape=latent_shape, initial_latents=initial_latents)
+    sampler = GridSampler(model, config, text, seeds=seeds, latent_shape=latent_shape, initial_latents=initial_latents,
+                          prompts=prompts)
     video = sampler.sample(num_blocks)
     return video, sampler.report

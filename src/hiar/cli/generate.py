@@ -20,14 +20,25 @@ from hiar.generate import (
     generate, load_shapes_model, method_config, num_blocks_for, shapes_world, wan_world, write_blocks,
 )
 from hiar.pipeline import PipelineError
-from hiar.sampling import ContextRule, InitContext, Order, Transition, check_pipelinable
+from hiar.prompts import PromptScript, prompt_at_script, read_prompt_script
+from hiar.sampling import ContextRule, InitContext, Order, SwitchPolicy, Transition, check_pipelinable
 from hiar.signals import exit_code, signals_deferred
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate a video from a prompt",
                        description="Generate a video from a prompt. Blocks are written to the mp4 as they finish.")
-    p.add_argument("prompt", help="the text prompt (shapes world: e.g. 'a fast red circle on a dark background')")
+    p.add_argument("prompt", help="the text prompt (shapes world: e.g. 'a fast red circle on a dark background'); "
+                   "with a prompt script, the one at 0 s")
+    script = p.add_mutually_exclusive_group()
+    script.add_argument("--prompt-script", default=None, metavar="FILE",
+                        help="switch prompts mid-stream: a file of 'seconds: prompt' lines (seconds from the first "
+                             "generated frame; each switch at the first block starting at or after it)")
+    script.add_argument("--prompt-at", nargs=2, action="append", default=None, metavar=("SECONDS", "PROMPT"),
+                        help="switch to PROMPT at SECONDS (repeatable)")
+    p.add_argument("--switch", choices=[c.value for c in SwitchPolicy], default=None,
+                   help="at a prompt switch, re-run the KV caches under the new prompt (kv-recache, default; "
+                        "LongLive) or keep them (kv-keep)")
     p.add_argument("-o", "--output", default="outputs/video.mp4", help="mp4 path (default: %(default)s)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--frames", type=int, default=None, help="video frames to generate, after any given ones (default: 84)")
@@ -68,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from hiar.video import VideoWriter, check_video_path
 
     _check_numbers(args)
+    script = _prompt_script(args)
     device = check_device(args.device)
     if args.world == "wan" and not (args.checkpoint and args.vae and args.text_encoder):
         raise ValueError("--world wan needs --checkpoint, --vae and --text-encoder (local paths; nothing is downloaded)")
@@ -75,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_video_path(args.output)
     fps = SHAPES_FPS if args.world == "shapes" else WAN_FPS
     frames = _frames(args, fps)
+    _check_switch_times(script, frames, fps)
     writer = None
     if _writes_video():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +97,20 @@ def run(args: argparse.Namespace) -> int:
         config = _method_config(args)
         given = _given_frames(args, world, config.block_frames)
         config = _fit_to_run(args, config, model, world, frames, given, device)
+        schedule = script.schedule(frames, fps=world.fps, temporal_factor=world.codec.temporal_factor,
+                                   block_frames=config.block_frames, continuing=given is not None)
         print(f"model: {source}", file=sys.stderr)
         print(f"{args.method}: context {config.context.name}, order {config.order.value}, {config.num_steps} steps, "
               f"{frames} frames -> {out}" + (f" after {given.num_frames} given" if given else ""), file=sys.stderr)
+        for i, (start, prompt) in enumerate(zip(schedule.starts[1:], script.prompts[1:]), start=2):
+            print(f"prompt {i} from block {start}: {prompt!r} (caches at the switch: {config.switch.value})", file=sys.stderr)
         if args.pipeline:
-            return _run_pipelined(args, model, world, config, frames, writer, source, given)
+            return _run_pipelined(args, model, world, config, frames, writer, source, given, script, schedule)
         report = None
 
         def produce():
             nonlocal report
-            _, report = generate(model, world, args.prompt, num_frames=frames, config=config, seed=args.seed,
+            _, report = generate(model, world, script, num_frames=frames, config=config, seed=args.seed,
                                  writer=writer, progress=not args.quiet, init_frames=given)
 
         stopped = _write_guarded(produce, writer, source)
@@ -101,7 +118,49 @@ def run(args: argparse.Namespace) -> int:
             return stopped
     print(f"wrote {out}: {frames} frames, {report.frames_per_s:.1f} frames/s, first block after "
           f"{report.first_block_latency_s:.3f} s, {report.model_calls} model calls", file=sys.stderr)
+    if script.switches:
+        print(_switch_cost(report, config), file=sys.stderr)
     return 0
+
+
+def _prompt_script(args: argparse.Namespace) -> PromptScript:
+    """The positional prompt, with the switches of --prompt-script or --prompt-at (checked before any work)."""
+    if args.prompt_script is not None:
+        return read_prompt_script(args.prompt_script, args.prompt)
+    return prompt_at_script(args.prompt, args.prompt_at or [])
+
+
+def _check_switch_times(script: PromptScript, frames: int, fps: int) -> None:
+    """A switch at or after the end of the video is refused before any work (the exact block comes later)."""
+    for (t, _), where in zip(script.switches, script.sources):
+        if t * fps >= frames:
+            raise ValueError(f"{where}: the video is {frames / fps:g} s long ({frames} frames at {fps} frames/s), "
+                             f"so that prompt would never be shown")
+
+
+def _switch_cost(report, config) -> str:
+    """What the prompt switches cost: the KV re-cache's tokens run again (fused, they ride along with
+    the new block's calls; unfused, each block run again is a call of its own)."""
+    if config.switch is SwitchPolicy.KV_KEEP:
+        return "prompt switches: caches kept (kv-keep): no extra model calls or tokens"
+    share = report.recache_tokens / report.query_tokens if report.query_tokens else 0.0
+    return (f"prompt switches: KV re-cache emptied {report.recache_calls} caches and ran {report.recache_tokens} query "
+            f"tokens again ({share:.1%} of the run's {report.query_tokens})"
+            + ("" if config.fused else ", one model call per block run again (--no-fuse)"))
+
+
+def _planned_switch_cost(model, world, config, schedule, n_blocks: int, given) -> str:
+    """:func:`_switch_cost` of a pipelined run, from its plan (the ranks send blocks, not reports)."""
+    from hiar.sampling import planned_recache
+
+    if config.switch is SwitchPolicy.KV_KEEP:
+        return "prompt switches: caches kept (kv-keep): no extra model calls or tokens"
+    k = config.block_frames
+    emptied, blocks = planned_recache(config, n_blocks, schedule, 0 if given is None else given.latents.shape[2] // k)
+    _, h, w = world.latent_shape
+    _, ph, pw = model.cfg.patch_size
+    return (f"prompt switches: KV re-cache emptied {emptied} caches (one per rank and switch) and ran "
+            f"{blocks * k * (h // ph) * (w // pw)} query tokens again")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -134,6 +193,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _check_paths_exist(args: argparse.Namespace) -> None:
     """Every input path must exist before a model is loaded (a Wan checkpoint takes a while)."""
     what = {"checkpoint": "checkpoint", "vae": "VAE folder", "text_encoder": "text encoder folder",
+            "prompt_script": "prompt script",
             "init_image": "image", "init_video": "video"}
     for flag, name in what.items():
         path = getattr(args, flag)
@@ -204,6 +264,7 @@ def _method_config(args: argparse.Namespace):
         sink=args.sink,
         fused=False if args.no_fuse else None,
         init_context=InitContext(args.init_context) if args.init_context else None,
+        switch=SwitchPolicy(args.switch) if args.switch else None,
         first_blocks=args.first_blocks,
         first_steps=args.first_steps,
     )
@@ -278,14 +339,15 @@ def _write_guarded(produce, writer, source: str, who: str = "") -> int | None:
     return None
 
 
-def _run_pipelined(args, model, world, config, frames, writer, source, given) -> int:
+def _run_pipelined(args, model, world, config, frames, writer, source, given, script, schedule) -> int:
     """Under torchrun: be one rank. Otherwise spawn one rank per step."""
+    texts = [world.text_encoder.encode([p]) for p in script.prompts]
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given)
-    return _spawn_ranks(args, model, world, config, frames, writer, source, given)
+        return _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given, texts, schedule)
+    return _spawn_ranks(args, model, world, config, frames, writer, source, given, texts, schedule)
 
 
-def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given) -> int:
+def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, given, texts, schedule) -> int:
     """``torchrun --nproc-per-node S -m hiar.cli.main generate ... --pipeline``: the last rank writes.
 
     A rank whose peer dies (or that torchrun stops with SIGTERM) ends with one line naming it; the
@@ -303,10 +365,10 @@ def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, gi
         model = model.to(f"cuda:{torch.cuda.current_device()}")
 
     def produce():
-        text = world.text_encoder.encode([args.prompt]).to(model.device, model.dtype)
+        text = [t.to(model.device, model.dtype) for t in texts]
         n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
         blocks = pipeline_stream(model, config, text, seeds=[args.seed], latent_shape=world.latent_shape, num_blocks=n_blocks,
-                                 initial_latents=None if given is None else given.latents)
+                                 initial_latents=None if given is None else given.latents, prompts=schedule)
         try:
             if writer is None:
                 for _ in blocks:  # the other ranks yield nothing
@@ -331,18 +393,17 @@ def _run_as_torchrun_rank(args, model, world, config, frames, writer, source, gi
     return 0
 
 
-def _spawn_ranks(args, model, world, config, frames, writer, source, given) -> int:
+def _spawn_ranks(args, model, world, config, frames, writer, source, given, texts, schedule) -> int:
     """Spawn one rank per step; each block is written as soon as the last rank has it."""
     from hiar.checkpoint import save_model
     from hiar.pipeline import PipelineJob, SpawnedPipeline
 
-    text = world.text_encoder.encode([args.prompt])
     n_blocks = num_blocks_for(frames, world.codec, config.block_frames, continuing=given is not None)
     with tempfile.TemporaryDirectory(prefix="hiar-gen-") as tmp:
         weights = save_model(model.float().cpu(), Path(tmp) / "model.safetensors")
-        job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, text, [args.seed],
+        job = PipelineJob(functools.partial(_load_for_rank, str(weights)), config, texts, [args.seed],
                           world.latent_shape, n_blocks, threads_per_rank=max(1, torch.get_num_threads() // config.num_steps),
-                          initial_latents=None if given is None else given.latents)
+                          initial_latents=None if given is None else given.latents, prompts=schedule)
         with SpawnedPipeline(job) as run:  # the ranks end with this block, also on Ctrl-C or an error
             stopped = _write_guarded(lambda: write_blocks(run, world, frames, writer=writer, progress=not args.quiet,
                                                           given=given), writer, source)
@@ -352,6 +413,8 @@ def _spawn_ranks(args, model, world, config, frames, writer, source, given) -> i
     wall = run.block_done_s[-1] if run.block_done_s else float("nan")
     print(f"wrote {writer.path}: {frames} frames over {config.num_steps} processes, "
           f"{frames / wall:.1f} frames/s, first block after {run.block_done_s[0]:.3f} s", file=sys.stderr)
+    if schedule.num_prompts > 1:
+        print(_planned_switch_cost(model, world, config, schedule, n_blocks, given), file=sys.stderr)
     return 0
 
 
