@@ -273,8 +273,17 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
+    def project_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's cross-attention keys/values of embedded prompt tokens."""
+        return self.cross_attn.project(tokens)
+
     def forward(self, x, e, text_kv, pos, spec, cache, layer, write):
         # x: [B, L, C]; e: [B, F or 1, 6, C] float32 -> per-frame shift/scale/gate
+        # text_kv: this layer's (keys, values), or the embedded tokens to project here - inside the
+        # block's own forward, so that an FSDP-sharded block gathers its weights once per call (not
+        # through project_text, which FSDP wraps to gather and free them around a call of its own)
+        if isinstance(text_kv, torch.Tensor):
+            text_kv = self.cross_attn.project(text_kv)
         B, L, C = x.shape
         frames = e.shape[1]
         mod = (self.modulation.float().unsqueeze(1) + e).unbind(2)  # 6 x [B, F, C]
@@ -359,14 +368,18 @@ class WanModel(nn.Module):
         Shorter inputs are zero-padded to ``text_len`` first, as Wan does: the padded positions
         still take part in cross-attention, so padding changes the numbers and must match.
         """
+        tokens = self._embed_text(text)
+        return TextContext(tokens, [blk.project_text(tokens) for blk in self.blocks])
+
+    def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``[B, L, text_dim]`` -> the embedded, zero-padded tokens ``[B, text_len, dim]``."""
         cfg = self.cfg
         if text.ndim != 3 or text.shape[-1] != cfg.text_dim:
             raise ValueError(f"text states must be [B, L, {cfg.text_dim}], got {tuple(text.shape)}")
         if text.shape[1] > cfg.text_len:
             raise ValueError(f"text has {text.shape[1]} tokens, more than text_len={cfg.text_len}")
         text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1])).to(self.dtype)
-        tokens = self.text_embedding(text)
-        return TextContext(tokens, [blk.cross_attn.project(tokens) for blk in self.blocks])
+        return self.text_embedding(text)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -436,8 +449,8 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e).float().unflatten(-1, (6, cfg.dim))  # [B, F|1, 6, dim]
         e = e.float()
 
-        # Text
-        ctx = text if isinstance(text, TextContext) else self.encode_text(text)
+        # Text: a raw prompt batch is embedded here and each block projects it to its keys/values
+        ctx = text if isinstance(text, TextContext) else TextContext(self._embed_text(text))
         if ctx.tokens.shape[0] != B:
             if B % ctx.tokens.shape[0]:
                 raise ValueError(f"text batch {ctx.tokens.shape[0]} does not divide video batch {B}")
@@ -452,11 +465,12 @@ class WanModel(nn.Module):
 
         h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, L, dim]
         for i, blk in enumerate(self.blocks):
+            text_kv = ctx.kv[i] if ctx.kv else ctx.tokens
             # Recomputation would read caches written after the forward pass: no checkpointing with a cache.
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and caches is None:
-                h = torch.utils.checkpoint.checkpoint(blk, h, e0, ctx.kv[i], pos, attention, caches, i, write, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(blk, h, e0, text_kv, pos, attention, caches, i, write, use_reentrant=False)
             else:
-                h = blk(h, e0, ctx.kv[i], pos, attention, caches, i, write)
+                h = blk(h, e0, text_kv, pos, attention, caches, i, write)
         if write is not None:
             for g, c in enumerate(caches):
                 c.commit(frames[g, : write[0]].tolist(), write[1][g], pos.tokens_per_frame)
