@@ -7,6 +7,7 @@ a whole model; the bfloat16 policy is what the blocks compute with.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -92,41 +93,66 @@ def test_a_stopped_fsdp_run_resumes_to_the_weights_of_a_straight_run(tmp_path):
             assert torch.equal(v, exported[k]), f"{which}: {k}"
 
 
-def bf16_rank(rank: int, world: int, port: int) -> None:
-    """A sharded tiny model under the bfloat16 policy: blocks compute in bf16, master weights and
-    gradients stay float32 shards."""
-    import torch.distributed as dist
+def check_gradients_are_averaged(rank: int) -> None:
+    """Float32 policy: the sharded gradients of each rank's half batch == a whole model's gradients of
+    the whole batch (averaged, not summed: pytorch/pytorch#162338 was a gloo AVG that summed, which
+    AdamW's scale invariance would hide from the training comparison)."""
+    from hiar.model import WanModel, get_config
+    from hiar.training.configs import ParallelSection
+    from hiar.training.fsdp import mixed_precision, shard
+
+    torch.manual_seed(0)
+    whole = WanModel(get_config("tiny"))
+    model = shard(copy.deepcopy(whole), mixed_precision(ParallelSection(strategy="fsdp", param_dtype="float32")))
+    x, t, text = torch.randn(2, 4, 3, 4, 4), torch.tensor([300.0, 700.0]), torch.randn(2, 8, 16)
+    whole(x, t, text).square().mean().backward()
+    half = slice(rank, rank + 1)
+    model(x[half], t[half], text[half]).square().mean().backward()
+    for name, p in model.named_parameters():
+        ref = dict(whole.named_parameters())[name].grad
+        assert torch.allclose(p.grad.full_tensor(), ref, atol=1e-6, rtol=1e-5), name
+
+
+def check_bf16_policy() -> None:
+    """bfloat16 policy: blocks compute in bf16 (also in the registered encode_text), over float32
+    master-weight shards with float32 gradients."""
     from torch.distributed.tensor import DTensor
 
     from hiar.model import WanModel, get_config
     from hiar.training.configs import ParallelSection
     from hiar.training.fsdp import mixed_precision, shard
 
+    torch.manual_seed(0)
+    model = shard(WanModel(get_config("tiny")), mixed_precision(ParallelSection(strategy="fsdp")))
+    seen = {}
+
+    def record(block, args):  # runs after FSDP's own pre-forward hook has gathered the weights
+        seen["block"] = block.ffn[0].weight.dtype
+
+    model.blocks[0].register_forward_pre_hook(record)
+    out = model(torch.randn(1, 4, 3, 4, 4), torch.tensor([500.0]), torch.randn(1, 8, 16))
+    out.float().square().mean().backward()
+    ctx = model.encode_text(torch.randn(1, 8, 16))  # a registered forward method: gathers, in bf16
+    weight = model.blocks[0].ffn[0].weight
+    assert seen["block"] == torch.bfloat16 and out.dtype == torch.bfloat16 and ctx.kv[0][0].dtype == torch.bfloat16
+    assert isinstance(weight, DTensor) and weight.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def policy_rank(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        model = shard(WanModel(get_config("tiny")), mixed_precision(ParallelSection(strategy="fsdp")))
-        seen = {}
-
-        def record(block, args):  # runs after FSDP's own pre-forward hook has gathered the weights
-            seen["block"] = block.ffn[0].weight.dtype
-
-        model.blocks[0].register_forward_pre_hook(record)
-        x = torch.randn(1, 4, 3, 4, 4)
-        out = model(x, torch.tensor([500.0]), torch.randn(1, 8, 16))
-        out.float().square().mean().backward()
-        ctx = model.encode_text(torch.randn(1, 8, 16))  # a registered forward method: gathers, in bf16
-        weight = model.blocks[0].ffn[0].weight
-        assert seen["block"] == torch.bfloat16 and out.dtype == torch.bfloat16 and ctx.kv[0][0].dtype == torch.bfloat16
-        assert isinstance(weight, DTensor) and weight.dtype == torch.float32 and weight.grad.dtype == torch.float32
+        check_gradients_are_averaged(rank)
+        check_bf16_policy()
     finally:
         dist.destroy_process_group()
 
 
-def test_the_bfloat16_policy_runs_the_blocks_in_bfloat16_over_float32_shards():
-    mp.spawn(bf16_rank, args=(2, free_port()), nprocs=2, join=True)
+def test_sharded_gradients_are_averaged_and_the_bf16_policy_computes_in_bf16_over_float32_shards():
+    mp.spawn(policy_rank, args=(2, free_port()), nprocs=2, join=True)
 
 
 def test_fsdp_without_torchrun_is_a_one_line_error(tmp_path, monkeypatch):
