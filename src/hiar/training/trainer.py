@@ -142,14 +142,14 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.commit = code_commit()  # recorded in every model file this run writes
         self._owns_group = False
-        self.fsdp = cfg.parallel.strategy == "fsdp"
+        self.sharded = cfg.parallel.strategy == "fsdp"
         launched = "WORLD_SIZE" in os.environ  # torchrun (or a test harness) sets it
-        if self.fsdp and not (dist.is_initialized() or launched):
+        if self.sharded and not (dist.is_initialized() or launched):
             from hiar.config import ConfigError
 
             raise ConfigError("parallel.strategy: fsdp needs a torchrun launch (torchrun --nproc-per-node N -m "
                               "hiar.cli.main train CONFIG); one process without torchrun: parallel.strategy: ddp")
-        if not dist.is_initialized() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or self.fsdp):
+        if not dist.is_initialized() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or self.sharded):
             backend = "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
             dist.init_process_group(backend)
             self._owns_group = True
@@ -210,7 +210,7 @@ class Trainer:
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` in eval mode without gradients (sharded under fsdp unless ``parallel.shard_frozen`` is off)."""
         model = model.eval().requires_grad_(False)
-        if self.fsdp and self.cfg.parallel.shard_frozen:
+        if self.sharded and self.cfg.parallel.shard_frozen:
             fsdp.shard(model, fsdp.mixed_precision(self.cfg.parallel))
         return model
 
@@ -221,7 +221,7 @@ class Trainer:
         self.models[name] = model
         if ema_decay is not None:  # copied before sharding: the EMA is sharded like the model
             self.emas[name] = EMA(model, ema_decay, ema_start)
-        if self.fsdp:
+        if self.sharded:
             policy = fsdp.mixed_precision(self.cfg.parallel)
             fsdp.shard(model, policy)
             if name in self.emas:
@@ -249,7 +249,7 @@ class Trainer:
         stats = torch.stack([torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0),
                              (~torch.isfinite(value)).float()]).to(self.device)
         if self.world_size > 1:
-            if not self.fsdp:  # FSDP's reduce-scatter in backward has averaged them already
+            if not self.sharded:  # FSDP's reduce-scatter in backward has averaged them already
                 self._average_gradients(params)
             dist.all_reduce(stats)
             stats[0] /= self.world_size
@@ -322,7 +322,7 @@ class Trainer:
         fsdp every rank writes its shards first), all ranks wait."""
         tmp = self._on_main(lambda: self._new_checkpoint_folder(step))
         try:
-            if self.fsdp:
+            if self.sharded:
                 fsdp.save_checkpoint(tmp, self.models, self.optimizers, self.emas)
             self._on_main(lambda: self._complete_checkpoint(tmp, step))
         except BaseException:
@@ -346,7 +346,7 @@ class Trainer:
         the folder is renamed into place and ``latest`` points at it."""
         from hiar.checkpoint import _atomic_write, save_model
 
-        if self.fsdp:
+        if self.sharded:
             fsdp.write_index(tmp, self.models, self.emas)
         else:
             meta = {"stage": self.stage.name, "step": str(step)}
@@ -358,7 +358,7 @@ class Trainer:
             "step": step,
             "world_size": self.world_size,
             "parallel": self.cfg.parallel.strategy,
-            "optimizers": {} if self.fsdp else {n: o.state_dict() for n, o in self.optimizers.items()},
+            "optimizers": {} if self.sharded else {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -393,7 +393,7 @@ class Trainer:
         if written_by != self.cfg.parallel.strategy:
             raise ValueError(f"written by a parallel.strategy: {written_by} run; this run uses "
                              f"{self.cfg.parallel.strategy} (the formats differ)")
-        if self.fsdp:
+        if self.sharded:
             fsdp.load_checkpoint(path, self.models, self.optimizers, self.emas)
         else:
             for name, model in self.models.items():
