@@ -35,6 +35,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,7 +394,9 @@ def read_dcp_checkpoint(directory: str | os.PathLike, *, which: str = "auto") ->
     state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in found.items() if k.startswith(prefix)}
     if not state:
         raise CheckpointError(f"{directory}: the sharded checkpoint holds no tensors under {prefix!r}")
-    dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():  # DCP warns that it reads in one process even when told so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
     weights = {k[len(prefix):]: v for k, v in state.items()}
     files = sorted(directory.glob("*.distcp"))
     return Checkpoint(weights, FORMAT, config, name, {}, [directory / DCP_INDEX, *files])
