@@ -95,6 +95,7 @@ def test_the_shapes_recipe_chains_its_stages():
     assert recipe["dmd_hiar"].student.levels.tolist() == recipe["trajectories"].student.levels.tolist()
     wan = load_stage_config(ROOT / "configs/wan/dmd_hiar.yaml")
     assert wan.method == "hiar" and wan.data.kind == "prompts" and wan.fkl.weight == 0.1
+    assert wan.parallel.strategy == "fsdp" and wan.parallel.param_dtype == "bfloat16" and wan.teacher.gradient_checkpointing
     assert wan.negative_prompt.startswith("色调艳丽，过曝，静态") and wan.negative_prompt.endswith("倒着走")
 
 

@@ -14,7 +14,12 @@ own key names (which are the original Wan2.1 names):
   ``generator_ema`` when the file has it, else ``generator``: the EMA weights are what the
   released Self-Forcing inference loads (``--use_ema``) and what the papers report;
 * **hiar's own format**: safetensors whose metadata holds ``format = "hiar"``, a format version and
-  the model config as JSON (:func:`save_model` / :func:`load_model`), written atomically.
+  the model config as JSON (:func:`save_model` / :func:`load_model`), written atomically;
+* **hiar's sharded training checkpoints** (``parallel.strategy: fsdp``): a step folder of
+  torch.distributed.checkpoint files plus :data:`DCP_INDEX`; read in one process, the shards put
+  back together (:func:`read_dcp_checkpoint`; ``which`` picks the entry). DCP keeps its ``.metadata``
+  as a pickle: it is read with an unpickler that admits only DCP's metadata classes, the tensors with
+  ``torch.load(weights_only=True)``.
 
 Loading is strict: missing keys, unexpected keys and shape mismatches raise :class:`CheckpointError`
 with the offending keys listed. When no config is given or stored, :func:`infer_config` reads the
@@ -30,6 +35,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,9 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the name both Wan and di
 
 WAN = "wan"
 DIFFUSERS = "diffusers"
+
+# A sharded (DCP) training checkpoint's index: each entry's key prefix and model config.
+DCP_INDEX = "models.json"
 
 # Wrapper prefixes that training frameworks put *inside* key names (anywhere in the key).
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -311,12 +320,96 @@ def _config_json(directory: Path) -> tuple[WanConfig | None, str | None]:
     return None, None
 
 
+# DCP's metadata pickle: the only globals it may name (what torch 2.x writes for tensors).
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "TensorStorageMetadata", "TensorProperties",
+                                              "ChunkStorageMetadata", "BytesStorageMetadata", "MetadataIndex",
+                                              "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+}
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        allowed = name in _DCP_METADATA_GLOBALS.get(module, ())
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"DCP metadata names {module}.{name}, which is not DCP metadata")
+        return super().find_class(module, name)
+
+
+def dcp_reader(directory: str | os.PathLike):
+    """A DCP ``FileSystemReader`` of ``directory`` whose ``.metadata`` is unpickled through an allow-list
+    of DCP's metadata classes (the stock reader calls ``pickle.load``; DCP itself reads the tensor
+    data with ``weights_only=True``)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeDcpReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as f:
+                try:
+                    metadata = _DcpMetadataUnpickler(f).load()
+                except pickle.UnpicklingError as err:
+                    raise CheckpointError(f"{path}: refused to load: {err}") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeDcpReader(str(directory))
+
+
+_DCP_WHICH = {"auto": ("generator_ema", "generator", "model_ema", "model"), "ema": ("generator_ema", "model_ema"),
+              "generator_ema": ("generator_ema",)}
+
+
+def read_dcp_checkpoint(directory: str | os.PathLike, *, which: str = "auto") -> Checkpoint:
+    """One model of a sharded training checkpoint folder, put together in this process.
+
+    ``which``: ``auto`` (the EMA of the trained model when there is one, else its raw weights), ``ema``,
+    or an entry name of its :data:`DCP_INDEX` (``generator``, ``critic``, ``model``, ``model_ema``...).
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    directory = Path(directory)
+    try:
+        entries = json.loads((directory / DCP_INDEX).read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{directory / DCP_INDEX}: not a readable sharded-checkpoint index: {err}") from None
+    wanted = _DCP_WHICH.get(which, (which,))
+    name = next((n for n in wanted if n in entries), None)
+    if name is None:
+        raise CheckpointError(f"{directory}: no {' or '.join(repr(n) for n in wanted)} entry; it holds: "
+                              f"{', '.join(entries)}")
+    prefix, config = entries[name]["prefix"], from_dict(WanConfig, entries[name]["config"])
+    reader = dcp_reader(directory)
+    found = reader.read_metadata().state_dict_metadata
+    state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in found.items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{directory}: the sharded checkpoint holds no tensors under {prefix!r}")
+    with warnings.catch_warnings():  # DCP warns that it reads in one process even when told so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+    weights = {k[len(prefix):]: v for k, v in state.items()}
+    files = sorted(directory.glob("*.distcp"))
+    return Checkpoint(weights, FORMAT, config, name, {}, [directory / DCP_INDEX, *files])
+
+
 def read_checkpoint(path: str | os.PathLike, *, which: str = "auto") -> Checkpoint:
     """Read any supported checkpoint into hiar (original Wan) key names, without building a model."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     config, layout_hint, meta, entry = None, None, {}, None
+    if path.is_dir() and (path / DCP_INDEX).is_file():
+        return read_dcp_checkpoint(path, which=which)
     if path.is_dir():
         directory = path
         if not any(directory.glob("*.safetensors")) and (directory / "transformer").is_dir():
@@ -584,12 +677,15 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     return _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def save_model(model: WanModel, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None) -> Path:
+def save_model(model: WanModel, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None,
+               state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Save in hiar's format: safetensors + metadata ``format``, ``format_version``, ``config``
-    (JSON of the :class:`WanConfig`) and any extra string ``metadata`` (e.g. the training step)."""
+    (JSON of the :class:`WanConfig`) and any extra string ``metadata`` (e.g. the training step).
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (a sharded model's
+    gathered copy)."""
     meta = dict(metadata or {})
     meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), config=json.dumps(to_dict(model.cfg)))
-    return save_state_dict(model.state_dict(), path, metadata=meta)
+    return save_state_dict(model.state_dict() if state_dict is None else state_dict, path, metadata=meta)
 
 
 def save_diffusers(model: WanModel, directory: str | os.PathLike) -> Path:
@@ -612,5 +708,6 @@ __all__ = [
     "CheckpointError", "Checkpoint", "FORMAT_VERSION", "wan_to_diffusers", "diffusers_to_wan", "detect_layout",
     "strip_prefixes", "select_weights", "read_checkpoint", "load_state_dict", "config_from_diffusers",
     "config_from_wan", "infer_config", "check_state_dict", "load_weights", "load_model", "save_state_dict",
+    "read_dcp_checkpoint", "DCP_INDEX",
     "save_model", "save_diffusers",
 ]

@@ -314,9 +314,18 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
+    def project_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's cross-attention keys/values of embedded prompt tokens."""
+        return self.cross_attn.project(tokens)
+
     def forward(self, x, e, text_kv, pos, spec, cache, layer, write):
         # x: [B, L, C]; e: [B, F or 1, 6, C] float32 -> per-frame shift/scale/gate
-        # text_kv: (k, v) for every token, or [(first token, end token, (k, v)), ...] spans
+        # text_kv: this layer's (keys, values), spans [(first token, end token, (k, v)), ...], or the
+        # embedded tokens to project here - inside the block's own forward, so that an FSDP-sharded
+        # block gathers its weights once per call (not through project_text, which FSDP wraps to
+        # gather and free them around a call of its own)
+        if isinstance(text_kv, torch.Tensor):
+            text_kv = self.cross_attn.project(text_kv)
         B, L, C = x.shape
         frames = e.shape[1]
         mod = (self.modulation.float().unsqueeze(1) + e).unbind(2)  # 6 x [B, F, C]
@@ -407,14 +416,18 @@ class WanModel(nn.Module):
         Shorter inputs are zero-padded to ``text_len`` first, as Wan does: the padded positions
         still take part in cross-attention, so padding changes the numbers and must match.
         """
+        tokens = self._embed_text(text)
+        return TextContext(tokens, [blk.project_text(tokens) for blk in self.blocks])
+
+    def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``[B, L, text_dim]`` -> the embedded, zero-padded tokens ``[B, text_len, dim]``."""
         cfg = self.cfg
         if text.ndim != 3 or text.shape[-1] != cfg.text_dim:
             raise ValueError(f"text states must be [B, L, {cfg.text_dim}], got {tuple(text.shape)}")
         if text.shape[1] > cfg.text_len:
             raise ValueError(f"text has {text.shape[1]} tokens, more than text_len={cfg.text_len}")
         text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1])).to(self.dtype)
-        tokens = self.text_embedding(text)
-        return TextContext(tokens, [blk.cross_attn.project(tokens) for blk in self.blocks])
+        return self.text_embedding(text)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -510,9 +523,12 @@ class WanModel(nn.Module):
 
     def _text_kv(self, text, batch: int, groups: int, frames: int, tokens_per_frame: int):
         """Layer i -> its cross-attention keys/values: (k, v), or token spans of a :class:`FrameText`."""
-        if not isinstance(text, FrameText):
-            ctx = _rows(text if isinstance(text, TextContext) else self.encode_text(text), batch)
+        if isinstance(text, TextContext):
+            ctx = _rows(text, batch)
             return lambda i: ctx.kv[i]
+        if not isinstance(text, FrameText):  # a raw prompt batch: each block projects it in its own forward
+            tokens = _rows(TextContext(self._embed_text(text)), batch).tokens
+            return lambda i: tokens
         pt = self.cfg.patch_size[0]
         if tuple(text.which.shape) != (groups, frames):
             raise ValueError(f"frame text must name a prompt per group and frame, [{groups}, {frames}], got {tuple(text.which.shape)}")

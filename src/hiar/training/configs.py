@@ -3,7 +3,7 @@
 Every YAML file names its ``stage``; the common sections are the same for all stages:
 
 * run: ``output_dir``, ``seed``, ``device``, ``dtype``, ``batch_size`` (per process), ``log_every``,
-  ``progress``, ``tensorboard``;
+  ``progress``, ``tensorboard``, ``parallel`` (ddp or fsdp under torchrun);
 * ``model``: a preset (+ ``overrides``) or a ``checkpoint`` (any format :mod:`hiar.checkpoint` reads);
 * ``data``: where clips and prompts come from (the shapes world, a prompt file, or trajectories);
 * training stages add ``steps``, ``optimizer``, ``checkpoint_every``, ``keep_checkpoints``, ``ema_*``.
@@ -105,6 +105,29 @@ class StudentSection:
         return schedule.student_levels(self.timesteps, self.shift)
 
 
+@dataclass
+class ParallelSection:
+    """How the processes of a ``torchrun`` launch share the work (one process: plain training).
+
+    * ``ddp``: every process holds whole models; gradients are averaged by an all-reduce after each
+      backward (data parallelism; see :mod:`hiar.training.trainer`);
+    * ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``, per transformer block then the root):
+      the trained models, their EMAs and optimiser states are split over the processes, each layer's
+      weights gathered only while it runs; checkpoints are sharded (torch.distributed.checkpoint).
+      Needs ``torchrun``.
+
+    The ``fsdp`` settings: ``param_dtype``, the weights' dtype during forward and backward (the
+    float32 master weights and the optimiser state stay float32); ``reduce_dtype``, the dtype gradients
+    are averaged in; ``shard_frozen``, whether the frozen teacher is sharded too (False: every process
+    holds a whole float32 copy - faster when it fits).
+    """
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    param_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    shard_frozen: bool = True
+
+
 def training_noise() -> SigmaSampler:
     """Flow-matching training levels: t ~ U[0, 1], shift 3 (the sampler validates any YAML section)."""
     return SigmaSampler(shift=3.0)
@@ -123,6 +146,7 @@ class RunConfig:
     tensorboard: bool = True
     model: ModelSection = field(default_factory=lambda: ModelSection(preset="toy"))
     data: DataSection = field(default_factory=DataSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -180,6 +204,9 @@ class TrajectoriesConfig(RunConfig):
         super().__post_init__()
         if self.num_samples < 1 or self.samples_per_shard < 1 or self.ode_steps < 1:
             raise ValueError("num_samples, samples_per_shard and ode_steps must be >= 1")
+        if self.parallel.strategy == "fsdp":  # a sharded teacher would need every process in every call
+            raise ValueError("parallel.strategy: fsdp is for stages that train; in the trajectories stage each process "
+                             "runs its own shards with a whole teacher: use parallel.strategy: ddp")
 
 
 @dataclass

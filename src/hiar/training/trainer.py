@@ -27,6 +27,13 @@ What the loop gives every stage:
   reducer does; explicit, because a self-rollout mixes no-grad and grad calls of one module with
   shared KV caches, which DDP's hooks do not expect). Each rank takes its slice of the global batch
   by global sample index, so 2 ranks x b samples == 1 rank x 2b samples.
+* **sharded data parallelism** (``parallel.strategy: fsdp``, under ``torchrun`` only): each trained
+  model and its EMA are sharded with FSDP2 (:mod:`hiar.training.fsdp`), the frozen teacher too unless
+  ``parallel.shard_frozen: false``; FSDP's reduce-scatter averages the gradients; checkpoints are
+  sharded (torch.distributed.checkpoint: ``.metadata``, ``__<rank>_0.distcp``, ``models.json``,
+  with ``state.pt`` holding the step, LR schedules and RNG states) inside the same step folders,
+  markers and ``latest`` pointer; ``export`` gathers whole weights on rank 0 into the same
+  safetensors files as ever.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import torch.distributed as dist
 
 from hiar.config import to_dict
 from hiar.model import WanModel, get_config
-from hiar.training import keys, runfolder
+from hiar.training import fsdp, keys, runfolder
 from hiar.training.configs import ModelSection, OptimizerSection, RunConfig, TrainConfig
 from hiar.training.data import rank_indices
 from hiar.training.objectives import EMA
@@ -135,7 +142,14 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.commit = code_commit()  # recorded in every model file this run writes
         self._owns_group = False
-        if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        self.sharded = cfg.parallel.strategy == "fsdp"
+        launched = "WORLD_SIZE" in os.environ  # torchrun (or a test harness) sets it
+        if self.sharded and not (dist.is_initialized() or launched):
+            from hiar.config import ConfigError
+
+            raise ConfigError("parallel.strategy: fsdp needs a torchrun launch (torchrun --nproc-per-node N -m "
+                              "hiar.cli.main train CONFIG); one process without torchrun: parallel.strategy: ddp")
+        if not dist.is_initialized() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or self.sharded):
             backend = "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
             dist.init_process_group(backend)
             self._owns_group = True
@@ -194,12 +208,24 @@ class Trainer:
         return model
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.eval().requires_grad_(False)
+        """``model`` in eval mode without gradients (sharded under fsdp unless ``parallel.shard_frozen`` is off)."""
+        model = model.eval().requires_grad_(False)
+        if self.sharded and self.cfg.parallel.shard_frozen:
+            fsdp.shard(model, fsdp.mixed_precision(self.cfg.parallel))
+        return model
 
     def add_trainable(self, name: str, model: torch.nn.Module, optim: OptimizerSection, *,
                       ema_decay: float | None = None, ema_start: int = 0) -> None:
+        """Train ``model`` (in place: under fsdp it is sharded here) with AdamW, and an EMA if asked."""
         model.train().requires_grad_(True)
         self.models[name] = model
+        if ema_decay is not None:  # copied before sharding: the EMA is sharded like the model
+            self.emas[name] = EMA(model, ema_decay, ema_start)
+        if self.sharded:
+            policy = fsdp.mixed_precision(self.cfg.parallel)
+            fsdp.shard(model, policy)
+            if name in self.emas:
+                fsdp.shard(self.emas[name].model, policy)
         opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                 weight_decay=optim.weight_decay, eps=optim.eps)
         warm = optim.warmup_steps
@@ -208,8 +234,6 @@ class Trainer:
             opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.grad_clip[name] = optim.grad_clip
         self.optimizer_sections[name] = optim
-        if ema_decay is not None:
-            self.emas[name] = EMA(model, ema_decay, ema_start)
 
     def optimize(self, name: str, loss: torch.Tensor, step: int) -> float:
         """Backward, average gradients over ranks, check, clip, step the optimiser, update the EMA.
@@ -225,11 +249,12 @@ class Trainer:
         stats = torch.stack([torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0),
                              (~torch.isfinite(value)).float()]).to(self.device)
         if self.world_size > 1:
-            self._average_gradients(params)
+            if not self.sharded:  # FSDP's reduce-scatter in backward has averaged them already
+                self._average_gradients(params)
             dist.all_reduce(stats)
             stats[0] /= self.world_size
         clip = self.grad_clip[name]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        norm = fsdp.as_float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
         if stats[1] > 0 or not math.isfinite(float(norm)):
             what = f"{name} loss is {float(value)}" if stats[1] > 0 else f"{name} gradient norm is {float(norm)}"
             if stats[1] > 0 and math.isfinite(float(value)):
@@ -265,14 +290,16 @@ class Trainer:
             start = end
 
     def save_model(self, model: torch.nn.Module, filename: str, **metadata) -> Path | None:
-        """Write a model as hiar safetensors under the output folder (main rank only)."""
+        """Write a model as hiar safetensors under the output folder (main rank; every rank calls it:
+        a sharded model is gathered onto rank 0 first)."""
+        whole = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None
         if not self.is_main:
             return None
         from hiar.checkpoint import save_model
 
         meta = {"stage": self.stage.name, "step": str(self.step), "seed": str(self.cfg.seed),
                 "commit": self.commit, **{k: str(v) for k, v in metadata.items()}}
-        return save_model(model, self.out / filename, metadata=meta)
+        return save_model(model, self.out / filename, metadata=meta, state_dict=whole)
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -291,43 +318,61 @@ class Trainer:
         return path if path.is_dir() else None
 
     def save_checkpoint(self, step: int) -> None:
-        """Checkpoint after ``step`` completed steps (atomically; main rank writes, all wait)."""
-        if self.is_main:
-            from hiar.checkpoint import _atomic_write, save_model
-
-            root = self.checkpoint_root
-            root.mkdir(parents=True, exist_ok=True)
-            final = root / f"step-{step:07d}"
-            tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            try:
-                meta = {"stage": self.stage.name, "step": str(step)}
-                for name, model in self.models.items():
-                    save_model(model, tmp / f"{name}.safetensors", metadata=meta)
-                for name, ema in self.emas.items():
-                    save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=meta)
-                state = {
-                    "step": step,
-                    "world_size": self.world_size,
-                    "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                    "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-                    "rng": {"torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                }
-                _atomic_write(tmp / STATE, lambda t: torch.save(state, t))
-                runfolder.write_marker(tmp, step, stage=self.stage.name)  # last: the folder is complete
-            except BaseException:
+        """Checkpoint after ``step`` completed steps, atomically: the main rank writes the files (under
+        fsdp every rank writes its shards first), all ranks wait."""
+        tmp = self._on_main(lambda: self._new_checkpoint_folder(step))
+        try:
+            if self.sharded:
+                fsdp.save_checkpoint(tmp, self.models, self.optimizers, self.emas)
+            self._on_main(lambda: self._complete_checkpoint(tmp, step))
+        except BaseException:
+            if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            runfolder.fsync_dir(root)
-            _atomic_write(root / LATEST, lambda t: Path(t).write_text(final.name + "\n"))
-            self._prune(keep=self.cfg.keep_checkpoints, current=final)
+            raise
         self.barrier()
+
+    def _new_checkpoint_folder(self, step: int) -> Path:
+        """An empty temporary folder for the checkpoint of ``step`` (main rank; shared with the others)."""
+        root = self.checkpoint_root
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        return tmp
+
+    def _complete_checkpoint(self, tmp: Path, step: int) -> None:
+        """Main rank: the whole models (ddp) or the shards' index (fsdp), ``state.pt``, the marker; then
+        the folder is renamed into place and ``latest`` points at it."""
+        from hiar.checkpoint import _atomic_write, save_model
+
+        if self.sharded:
+            fsdp.write_index(tmp, self.models, self.emas)
+        else:
+            meta = {"stage": self.stage.name, "step": str(step)}
+            for name, model in self.models.items():
+                save_model(model, tmp / f"{name}.safetensors", metadata=meta)
+            for name, ema in self.emas.items():
+                save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=meta)
+        state = {
+            "step": step,
+            "world_size": self.world_size,
+            "parallel": self.cfg.parallel.strategy,
+            "optimizers": {} if self.sharded else {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        _atomic_write(tmp / STATE, lambda t: torch.save(state, t))
+        runfolder.write_marker(tmp, step, stage=self.stage.name)  # last: the folder is complete
+        root = self.checkpoint_root
+        final = root / f"step-{step:07d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        runfolder.fsync_dir(root)
+        _atomic_write(root / LATEST, lambda t: Path(t).write_text(final.name + "\n"))
+        self._prune(keep=self.cfg.keep_checkpoints, current=final)
 
     def _prune(self, keep: int, current: Path) -> None:
         """Keep the ``keep`` newest step folders up to ``current``; newer ones (left by a run that was
@@ -341,15 +386,22 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> int:
         from safetensors.torch import load_file
 
-        for name, model in self.models.items():
-            model.load_state_dict(load_file(str(path / f"{name}.safetensors")), strict=True)
-        for name, ema in self.emas.items():
-            ema.model.load_state_dict(load_file(str(path / f"{name}_ema.safetensors")), strict=True)
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
         if runfolder.STEP_RE.match(path.name) and int(state["step"]) != runfolder.step_of(path):
             raise ValueError(f"{STATE} is for step {state['step']}")
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        written_by = state.get("parallel", "ddp")
+        if written_by != self.cfg.parallel.strategy:
+            raise ValueError(f"written by a parallel.strategy: {written_by} run; this run uses "
+                             f"{self.cfg.parallel.strategy} (the formats differ)")
+        if self.sharded:
+            fsdp.load_checkpoint(path, self.models, self.optimizers, self.emas)
+        else:
+            for name, model in self.models.items():
+                model.load_state_dict(load_file(str(path / f"{name}.safetensors")), strict=True)
+            for name, ema in self.emas.items():
+                ema.model.load_state_dict(load_file(str(path / f"{name}_ema.safetensors")), strict=True)
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
         self._apply_optimizer_sections()
