@@ -250,7 +250,9 @@ def render(runs, tp: dict | None, figures: list[str]) -> str:
              "the budget favours no variant's convergence, but a longer one would test forward-KL more fully. Each run is sampled on 32 held-out "
              "prompts at 84 frames (the paper's 20 s horizon, in blocks) and 336 frames (four times longer). Scores are "
              "means over prompts; a variant's number is the mean over its seeds ± the std over seeds. "
-             "Verdict rule and spread: the docstring of `scripts/paper_claims.py`. "
+             "Verdict rule and spread: the docstring of `scripts/paper_claims.py`; where both variants have one "
+             "seed so far (spread marked \"prompts\"), a verdict is against the per-prompt standard error only, and "
+             "the spread over training seeds, usually larger, is not yet known. "
              "Reproduce: `bash scripts/reproduce.sh` (resumes; about 20 min per run on 2 CPU cores).", ""]
     for frames in (PAPER_FRAMES, LONG_FRAMES):
         table, counts = claims_table(runs, frames)
