@@ -222,3 +222,19 @@ def save_tiny_wan_transformer(directory, in_channels: int = 16, text_dim: int = 
         for p in model.parameters():
             p.normal_(0, 0.1)
     model.save_pretrained(directory)
+
+
+@torch.no_grad()
+def released_block_loop(model, bank, n: int, levels, text, spec, cache) -> torch.Tensor:
+    """Block ``n`` as the released Self-Forcing loop makes it: S renoise steps reading ``cache``,
+    then a clean re-run at t = 0 that writes the block into the cache. Returns its x0."""
+    x = bank(n, 0)
+    S = len(levels) - 1
+    for j in range(S):
+        sigma = float(levels[j])
+        x0 = x - sigma * model(x, torch.tensor([1000 * sigma]), text, attention=spec, cache=cache)
+        if j < S - 1:
+            nxt = float(levels[j + 1])
+            x = (1 - nxt) * x0 + nxt * bank(n, j + 1)
+    model(x0, torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=x0.shape[2])
+    return x0

@@ -16,7 +16,7 @@ from hiar.conditioning import encode_given, padding_for
 from hiar.generate import generate, method_config, shapes_world
 from hiar.pipeline import PipelineJob, spawn_pipeline
 from hiar.sampling import ContextRule, GridSampler, InitContext, NoiseBank, Order, SamplerConfig
-from tests.helpers import CausalFourCodec, ConstantText, CopyModel, tiny_model
+from tests.helpers import CausalFourCodec, ConstantText, CopyModel, released_block_loop, tiny_model
 
 LATENT = (4, 8, 8)
 S, K = 4, 3
@@ -121,15 +121,7 @@ def test_self_forcing_after_given_frames_is_the_released_loop(model, text):
         for b in range(GIVEN_BLOCKS):
             model(given[:, :, b * K:(b + 1) * K], torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=K)
         for n in range(N_BLOCKS):
-            x = bank(n, 0)
-            for j in range(S):
-                sigma = float(levels[j])
-                x0 = x - sigma * model(x, torch.tensor([1000 * sigma]), text, attention=spec, cache=cache)
-                if j < S - 1:
-                    nxt = float(levels[j + 1])
-                    x = (1 - nxt) * x0 + nxt * bank(n, j + 1)
-            blocks.append(x0)
-            model(x0, torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=K)
+            blocks.append(released_block_loop(model, bank, n, levels[: S + 1], text, spec, cache))
     out, _ = run(model, text, context=ContextRule.CLEAN, order=Order.BLOCK_FIRST)
     assert (out - torch.cat(blocks, dim=2)).abs().max() <= 1e-6
 

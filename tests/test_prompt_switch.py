@@ -22,7 +22,7 @@ from hiar.sampling import (
     ContextRule, GridSampler, Hybrid, InitContext, NoiseBank, Order, PromptSchedule, SamplerConfig, SwitchPolicy,
     planned_recache,
 )
-from tests.helpers import tiny_model
+from tests.helpers import released_block_loop, tiny_model
 
 LATENT = (4, 8, 8)  # tiny preset: 4 channels, 8x8 -> 4x4 patches (16 tokens a frame)
 K, S = 3, 4
@@ -142,15 +142,7 @@ def self_forcing_loop(model, texts, prompt_of, spec, n_blocks, recache: bool):
                 cache = model.new_cache(spec)
                 model(torch.cat([blocks[m] for m in seen], dim=2), torch.tensor([0.0]), text, attention=spec,
                       cache=cache, frames=frames, write_frames=len(frames))
-            x = bank(n, 0)
-            for j in range(S):
-                sigma = float(levels[j])
-                x0 = x - sigma * model(x, torch.tensor([1000 * sigma]), text, attention=spec, cache=cache)
-                if j < S - 1:
-                    nxt = float(levels[j + 1])
-                    x = (1 - nxt) * x0 + nxt * bank(n, j + 1)
-            blocks.append(x0)
-            model(x0, torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=K)
+            blocks.append(released_block_loop(model, bank, n, levels[: S + 1], text, spec, cache))
     return torch.cat(blocks, dim=2)
 
 

@@ -13,7 +13,7 @@ from hiar.pipeline import PipelineError, PipelineJob, spawn_pipeline
 from hiar.sampling import (
     ContextRule, GridSampler, NoiseBank, Order, OrderError, SamplerConfig, Transition, cells, check_order,
 )
-from tests.helpers import failing_tiny_model, tiny_model
+from tests.helpers import failing_tiny_model, released_block_loop, tiny_model
 
 LATENT = (4, 8, 8)  # tiny preset: 4 channels, 8x8 -> 4x4 patches
 N_BLOCKS = 5
@@ -85,16 +85,7 @@ def test_clean_block_first_is_a_hand_written_self_forcing_loop(model, text):
     blocks = []
     with torch.no_grad():
         for n in range(N_BLOCKS):
-            x = bank(n, 0)
-            for j in range(S):
-                sigma = float(levels[j])
-                v = model(x, torch.tensor([1000 * sigma]), text, attention=spec, cache=cache)
-                x0 = x - sigma * v
-                if j < S - 1:
-                    nxt = float(levels[j + 1])
-                    x = (1 - nxt) * x0 + nxt * bank(n, j + 1)
-            blocks.append(x0)
-            model(x0, torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=3)
+            blocks.append(released_block_loop(model, bank, n, levels[: S + 1], text, spec, cache))
     expected = torch.cat(blocks, dim=2)
     out, _ = run(model, text, context=ContextRule.CLEAN, order=Order.BLOCK_FIRST)
     assert (out - expected).abs().max() <= 1e-6

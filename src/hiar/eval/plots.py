@@ -26,21 +26,9 @@ def plot_segment_curves(series: dict[str, dict[str, list[float]]], path: str | P
                         metrics: list[str] | None = None, columns: int = 4, panel: tuple[int, int] = (260, 180),
                         subtitles: dict[str, str] | None = None) -> Path:
     """``series[label][metric]`` = per-segment values. Writes a PNG grid of panels to ``path``."""
-    if not series:
-        raise ValueError("nothing to plot")
-    metrics = metrics or list(next(iter(series.values())))
-    font = label_font()
+    metrics = metrics or list(next(iter(series.values()), {}))
+    img, draw, font, top = _canvas(series, metrics, columns, panel, title)
     pw, ph = panel
-    rows = (len(metrics) + columns - 1) // columns
-    cols = min(columns, len(metrics))
-    legend_rows = (len(series) + 2) // 3
-    top = 30 if title else 8
-    width = cols * pw + 16
-    height = top + rows * ph + 16 + legend_rows * 18
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
     for m_i, metric in enumerate(metrics):
         ox = 8 + (m_i % columns) * pw
         oy = top + (m_i // columns) * ph
@@ -74,12 +62,32 @@ def plot_segment_curves(series: dict[str, dict[str, list[float]]], path: str | P
                 draw.line(pts, fill=colour, width=2)
             for x, y in pts:
                 draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=colour)
-    ly = top + rows * ph + 6
+    return _finish(img, draw, font, series, top + ((len(metrics) + columns - 1) // columns) * ph + 6, path)
+
+
+def _canvas(series: dict, metrics: list[str], columns: int, panel: tuple[int, int], title: str):
+    """A white image with room for the panels, a title and a legend of three labels per row."""
+    if not series:
+        raise ValueError("nothing to plot")
+    font = label_font()
+    pw, ph = panel
+    rows = (len(metrics) + columns - 1) // columns
+    top = 30 if title else 8
+    width = min(columns, len(metrics)) * pw + 16
+    img = Image.new("RGB", (width, top + rows * ph + 16 + (len(series) + 2) // 3 * 18), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
+    return img, draw, font, top
+
+
+def _finish(img, draw, font, series: dict, legend_y: int, path: str | Path) -> Path:
+    """Draw the legend (a colour swatch per label, shortened to fit) and save the PNG."""
+    width = img.width
     for s_i, label in enumerate(series):
         x = 12 + (s_i % 3) * (width // 3)
-        y = ly + (s_i // 3) * 18
-        colour = COLOURS[s_i % len(COLOURS)]
-        draw.rectangle((x, y + 3, x + 14, y + 11), fill=colour)
+        y = legend_y + (s_i // 3) * 18
+        draw.rectangle((x, y + 3, x + 14, y + 11), fill=COLOURS[s_i % len(COLOURS)])
         text = str(label)
         while len(text) > 4 and text_width(font, text) > width // 3 - 30:
             text = text[:-2]
@@ -93,20 +101,9 @@ def plot_score_bars(series: dict[str, dict[str, tuple[float, float]]], path: str
                     metrics: list[str] | None = None, columns: int = 5, panel: tuple[int, int] = (220, 200)) -> Path:
     """``series[label][metric]`` = (mean, spread): one panel per metric, one bar per label with a
     +- spread whisker, the axis from 0 (scores are non-negative)."""
-    if not series:
-        raise ValueError("nothing to plot")
-    metrics = metrics or list(next(iter(series.values())))
-    font = label_font()
+    metrics = metrics or list(next(iter(series.values()), {}))
+    img, draw, font, top = _canvas(series, metrics, columns, panel, title)
     pw, ph = panel
-    rows = (len(metrics) + columns - 1) // columns
-    cols = min(columns, len(metrics))
-    legend_rows = (len(series) + 2) // 3
-    top = 30 if title else 8
-    width = cols * pw + 16
-    img = Image.new("RGB", (width, top + rows * ph + 16 + legend_rows * 18), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
     for m_i, metric in enumerate(metrics):
         ox, oy = 8 + (m_i % columns) * pw, top + (m_i // columns) * ph
         left, right, upper, lower = ox + 46, ox + pw - 10, oy + 24, oy + ph - 12
@@ -130,11 +127,4 @@ def plot_score_bars(series: dict[str, dict[str, tuple[float, float]]], path: str
                 draw.line((xc, y(mean - spread), xc, y(mean + spread)), fill=(0, 0, 0), width=1)
                 for v in (mean - spread, mean + spread):
                     draw.line((xc - 3, y(v), xc + 3, y(v)), fill=(0, 0, 0))
-    ly = top + rows * ph + 6
-    for s_i, label in enumerate(series):
-        x, yy = 12 + (s_i % 3) * (width // 3), ly + (s_i // 3) * 18
-        draw.rectangle((x, yy + 3, x + 14, yy + 11), fill=COLOURS[s_i % len(COLOURS)])
-        draw.text((x + 20, yy), str(label)[:40], fill=(0, 0, 0), font=font)
-    path = Path(path)
-    img.save(path)
-    return path
+    return _finish(img, draw, font, series, top + ((len(metrics) + columns - 1) // columns) * ph + 6, path)
