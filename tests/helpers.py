@@ -238,3 +238,27 @@ def released_block_loop(model, bank, n: int, levels, text, spec, cache) -> torch
             x = (1 - nxt) * x0 + nxt * bank(n, j + 1)
     model(x0, torch.tensor([0.0]), text, attention=spec, cache=cache, write_frames=x0.shape[2])
     return x0
+
+
+@torch.no_grad()
+def uncached_step_first_hiar(model, spec, n_blocks: int, block_frames: int, text_of, latent=(4, 8, 8), seed: int = 3):
+    """Step-first HiAR recomputed with no cache: every cell runs the model over all earlier blocks at
+    their output level plus its own block (the attention mask alone decides what it sees).
+    ``text_of(n)`` is the text of block n's cells."""
+    from hiar import schedule
+    from hiar.sampling import NoiseBank
+
+    levels = schedule.student_levels().tolist()
+    K, (C, H, W) = block_frames, latent
+    bank = NoiseBank([seed], (C, K, H, W))
+    x = [bank(n, 0) for n in range(n_blocks)]
+    for j in range(len(levels) - 1):
+        outputs = []
+        for n in range(n_blocks):
+            seq = torch.cat(outputs + [x[n]], dim=2)
+            t = torch.tensor([[1000 * levels[j + 1]] * K * n + [1000 * levels[j]] * K])
+            x0 = x[n] - levels[j] * model(seq, t, text_of(n), attention=spec)[:, :, -K:]
+            nxt = levels[j + 1]
+            x[n] = x0 if nxt == 0 else (1 - nxt) * x0 + nxt * bank(n, j + 1)
+            outputs.append(x[n])
+    return torch.cat(x, dim=2)

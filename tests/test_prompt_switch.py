@@ -22,7 +22,7 @@ from hiar.sampling import (
     ContextRule, GridSampler, Hybrid, InitContext, NoiseBank, Order, PromptSchedule, SamplerConfig, SwitchPolicy,
     planned_recache,
 )
-from tests.helpers import released_block_loop, tiny_model
+from tests.helpers import released_block_loop, tiny_model, uncached_step_first_hiar
 
 LATENT = (4, 8, 8)  # tiny preset: 4 channels, 8x8 -> 4x4 patches (16 tokens a frame)
 K, S = 3, 4
@@ -178,25 +178,13 @@ def uncached_hiar(model, texts, prompt_of, n_blocks, recache: bool):
     """Step-first HiAR recomputed with no cache: every cell runs the model over all earlier blocks at
     its output level plus its own block. kv-keep: each block's frames cross-attend to its own prompt
     (text per frame); kv-recache: the cell's whole input to the cell's prompt."""
-    levels = schedule.student_levels().tolist()
-    spec = block_causal(K)
     ctx = [model.encode_text(t) for t in texts]
-    bank = NoiseBank([3], (4, K, 8, 8))
-    x = [bank(n, 0) for n in range(n_blocks)]
-    with torch.no_grad():
-        for j in range(S):
-            outputs = []
-            for n in range(n_blocks):
-                seq = torch.cat(outputs + [x[n]], dim=2)
-                t = torch.tensor([[1000 * levels[j + 1]] * K * n + [1000 * levels[j]] * K])
-                which = torch.tensor([prompt_of(m) for m in range(n + 1) for _ in range(K)])[None]
-                text = ctx[prompt_of(n)] if recache else FrameText(ctx, which)
-                v = model(seq, t, text, attention=spec)[:, :, -K:]
-                x0 = x[n] - levels[j] * v
-                nxt = levels[j + 1]
-                x[n] = x0 if nxt == 0 else (1 - nxt) * x0 + nxt * bank(n, j + 1)
-                outputs.append(x[n])
-    return torch.cat(x, dim=2)
+
+    def text_of(n):
+        which = torch.tensor([prompt_of(m) for m in range(n + 1) for _ in range(K)])[None]
+        return ctx[prompt_of(n)] if recache else FrameText(ctx, which)
+
+    return uncached_step_first_hiar(model, block_causal(K), n_blocks, K, text_of)
 
 
 @pytest.mark.parametrize("switch", list(SwitchPolicy))

@@ -13,7 +13,7 @@ from hiar.pipeline import PipelineError, PipelineJob, spawn_pipeline
 from hiar.sampling import (
     ContextRule, GridSampler, NoiseBank, Order, OrderError, SamplerConfig, Transition, cells, check_order,
 )
-from tests.helpers import failing_tiny_model, released_block_loop, tiny_model
+from tests.helpers import failing_tiny_model, released_block_loop, tiny_model, uncached_step_first_hiar
 
 LATENT = (4, 8, 8)  # tiny preset: 4 channels, 8x8 -> 4x4 patches
 N_BLOCKS = 5
@@ -184,22 +184,7 @@ def test_config_errors_are_clear():
 def test_cached_hierarchical_sampling_equals_uncached_recomputation(model, text, window, sink):
     """Step-first HiAR recomputed with no cache: every cell re-runs the model over all earlier
     blocks at the output level plus its own block; the window/sink mask alone decides what it sees."""
-    levels = schedule.student_levels().tolist()
-    spec = block_causal(3, window, sink)
-    bank = NoiseBank([3], (4, 3, 8, 8))
     n_blocks = 6
-    x = [bank(n, 0) for n in range(n_blocks)]
-    with torch.no_grad():
-        for j in range(S):
-            outputs = []
-            for n in range(n_blocks):
-                seq = torch.cat(outputs + [x[n]], dim=2)
-                t = torch.tensor([[1000 * levels[j + 1]] * 3 * n + [1000 * levels[j]] * 3])
-                v = model(seq, t, text, attention=spec)[:, :, -3:]
-                x0 = x[n] - levels[j] * v
-                nxt = levels[j + 1]
-                x[n] = x0 if nxt == 0 else (1 - nxt) * x0 + nxt * bank(n, j + 1)
-                outputs.append(x[n])
-    expected = torch.cat(x, dim=2)
+    expected = uncached_step_first_hiar(model, block_causal(3, window, sink), n_blocks, 3, lambda n: text)
     out, _ = run(model, text, num_blocks=n_blocks, window=window, sink=sink, order=Order.STEP_FIRST)
     assert (out - expected).abs().max() <= 1e-5
