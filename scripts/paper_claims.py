@@ -310,6 +310,9 @@ def figure_paths(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from results_page import write_page
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "results" / "repro"), help="JSON folder (default: results/repro)")
     p.add_argument("--out", default=str(ROOT / "results" / "paper-claims.md"))
@@ -318,18 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     folder, out, fig_dir = Path(args.results), Path(args.out), Path(args.figures)
     runs = load_runs(folder)
-    if args.check:
-        page = render(runs, load_throughput(folder), figure_paths(fig_dir))
-        same = out.is_file() and out.read_text() == page
-        print(f"{out}: {'up to date' if same else 'differs from what the JSON gives'}")
-        return 0 if same else 1
-    if runs:
+    if runs and not args.check:  # --check draws nothing
         write_figures(runs, folder, fig_dir)
     page = render(runs, load_throughput(folder), figure_paths(fig_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    print(f"wrote {out} ({sum(len(s) for s in runs.values())} runs)")
-    return 0
+    return write_page(out, page, args.check, f"{sum(len(s) for s in runs.values())} runs")
 
 
 if __name__ == "__main__":

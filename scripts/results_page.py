@@ -241,14 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="do not write; exit 1 when the page differs")
     args = p.parse_args(argv)
     page = render_folder(Path(args.results))
-    out = Path(args.out)
-    if args.check:
+    return write_page(Path(args.out), page, args.check, f"{len(load_results(Path(args.results)))} result files")
+
+
+def write_page(out: Path, page: str, check: bool, what: str) -> int:
+    """Write ``page`` to ``out``; with ``check``, only compare (exit 1 when they differ)."""
+    if check:
         same = out.is_file() and out.read_text() == page
         print(f"{out}: {'up to date' if same else 'differs from what the JSON gives'}")
         return 0 if same else 1
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
-    print(f"wrote {out} ({len(load_results(Path(args.results)))} result files)")
+    print(f"wrote {out} ({what})")
     return 0
 
 
