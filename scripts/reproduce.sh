@@ -10,7 +10,9 @@
 # (scripts/paper_claims.py -> results/paper-claims.md, figures in docs/results/repro/).
 #
 # Resumes after any interruption (a stopped run continues from its last checkpoint; a finished run or
-# an existing JSON is skipped in seconds). COMMIT=1 commits each run's JSON as soon as it exists.
+# an existing JSON is skipped in seconds). COMMIT=1 commits each run's JSON as soon as it exists;
+# CLAIMS=0 stops after the runs (e.g. while other runs still train elsewhere); EVAL=0 trains only
+# (on a GPU machine, say: copy each run's folder back and evaluate here).
 # Usage: bash scripts/reproduce.sh [VARIANT-sSEED ...]   (default: every run below, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,8 @@ BASE=${BASE:-runs/shapes}        # teacher, trajectories, ode_init (and the bund
 RUNS=${RUNS:-runs/repro}         # the other runs (their weights are not kept in git)
 RESULTS=${RESULTS:-results/repro}
 COMMIT=${COMMIT:-0}
+CLAIMS=${CLAIMS:-1}               # 0: stop after the runs (no throughput, no claims page)
+EVAL=${EVAL:-1}                   # 0: train only (e.g. on a GPU machine; evaluate here later)
 
 # variant | config | sampling method | what changes (hiar train --set KEY=VALUE, comma-separated)
 # (hiar-discrete-noise: the released code's DMD/critic noise draw, the A/B that picks score_noise's default)
@@ -49,9 +53,11 @@ for input in teacher/model.safetensors trajectories/manifest.json ode_init/model
   [ -e "$BASE/$input" ] || { echo "reproduce: $BASE/$input is missing; run: bash scripts/train_shapes_bundle.sh teacher_short teacher trajectories ode_init" >&2; exit 2; }
 done
 
-echo "== real clips ($(date +%H:%M:%S))"
-$PY scripts/evaluate_shapes.py --no-students --no-teacher --frames 84 336 --out "$RESULTS" --no-figures --no-progress
-commit "real clips"
+if [ "$EVAL" = 1 ]; then
+  echo "== real clips ($(date +%H:%M:%S))"
+  $PY scripts/evaluate_shapes.py --no-students --no-teacher --frames 84 336 --out "$RESULTS" --no-figures --no-progress
+  commit "real clips"
+fi
 
 for run in $RUN_LIST; do
   variant=${run%-s*}; seed=${run##*-s}
@@ -62,8 +68,12 @@ for run in $RUN_LIST; do
         --set "model.checkpoint=$BASE/ode_init/model.safetensors" --set "teacher.checkpoint=$BASE/teacher/model.safetensors")
   [ "$config" = dmd_hiar ] && sets+=(--set "fkl.trajectories=$BASE/trajectories")
   if [ "$change" != - ]; then IFS=, read -ra kv <<< "$change"; for c in "${kv[@]}"; do sets+=(--set "$c"); done; fi
+  if [ "$EVAL" = 1 ] && [ -e "$RESULTS/$run-f84.json" ] && [ -e "$RESULTS/$run-f336.json" ]; then
+    echo "== $run: evaluated already ($RESULTS/$run-f{84,336}.json)"; continue
+  fi
   echo "== $run: $config ${change/-/(as configured)} ($(date +%H:%M:%S))"
   $HIAR train "configs/shapes/$config.yaml" "${sets[@]}"
+  [ "$EVAL" = 1 ] || continue
   $PY scripts/evaluate_shapes.py --model "$run=$out/model.safetensors:$method" --no-teacher --no-real \
       --frames 84 336 --out "$RESULTS" --no-figures --no-progress
   if [ "$variant" = self-forcing ] && [ "$seed" = 0 ]; then  # Table 3's "w/o re-training": hierarchical sampling only
@@ -75,6 +85,8 @@ for run in $RUN_LIST; do
   [ "$seed" = 0 ] || rm -f "$RESULTS/frames/$run-f336.npz"
   commit "$run"
 done
+
+[ "$CLAIMS" = 1 ] || exit 0
 
 # Table 1: throughput and first-block latency, one run on this machine (random weights: speed does
 # not depend on them), with the simulator's 4-device figure.

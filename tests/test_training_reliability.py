@@ -338,6 +338,16 @@ def test_running_a_finished_stage_again_keeps_its_model_file(tmp_path, capsys):
     assert model.stat().st_mtime_ns != mtime
 
 
+def test_the_model_names_the_commit_given_where_the_code_has_no_git_folder(tmp_path, monkeypatch):
+    """A copy of the tree without .git (a GPU machine, say) names its commit through HIAR_CODE_COMMIT."""
+    from hiar.checkpoint import read_checkpoint
+
+    monkeypatch.setenv("HIAR_CODE_COMMIT", "0123abcd")
+    out = tmp_path / "run"
+    run_stage(teacher(out, steps=1))
+    assert read_checkpoint(out / "model.safetensors").metadata["commit"] == "0123abcd"
+
+
 def test_no_resume_is_fine_on_a_folder_without_checkpoints(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

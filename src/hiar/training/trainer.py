@@ -66,8 +66,12 @@ LOG = runfolder.LOG
 
 
 def code_commit() -> str:
-    """The git commit of the code being run (``+dirty`` when the work tree differs), or "unknown"."""
+    """The git commit of the code being run (``+dirty`` when the work tree differs), or "unknown";
+    ``HIAR_CODE_COMMIT`` names it where the code runs from a copy without its git folder."""
     import subprocess
+
+    if os.environ.get("HIAR_CODE_COMMIT"):
+        return os.environ["HIAR_CODE_COMMIT"]
 
     src = Path(__file__).resolve().parent
     try:
