@@ -268,7 +268,7 @@ def _gather_cache(caches: list[KVCache], layer: int, like: torch.Tensor):
     ks, vs, fs = [], [], []
     rows = like.shape[0] // len(caches)
     for c, e in zip(caches, entries):
-        frames = c.frames().to(like.device)
+        frames = c.frames()  # on the CPU, as Positions.frames: masks are built there, then moved
         if e is None:
             k = like.new_zeros(rows, 0, *like.shape[2:])
             v = k
