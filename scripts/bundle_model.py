@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
         "weights": meta.get("weights", "?"),
         "recipe_config": (run / "config.yaml").read_text(),
         "seed": meta.get("seed", "?"),
+        "trained_on": meta.get("trained_on", "?"),
         # the run's own record (hiar train writes it); older runs: the commit this script runs at
         "trained_by_commit": meta.get("commit") or f"unrecorded (bundled at {commit()})",
         "dtype": "float16",

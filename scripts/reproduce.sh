@@ -72,7 +72,11 @@ for run in $RUN_LIST; do
     echo "== $run: evaluated already ($RESULTS/$run-f{84,336}.json)"; continue
   fi
   echo "== $run: $config ${change/-/(as configured)} ($(date +%H:%M:%S))"
-  $HIAR train "configs/shapes/$config.yaml" "${sets[@]}"
+  if [ -e "$out/model.safetensors" ] && [ ! -d "$out/checkpoints" ]; then
+    echo "   $out holds a model trained elsewhere (no checkpoints): evaluated as it is"
+  else
+    $HIAR train "configs/shapes/$config.yaml" "${sets[@]}"
+  fi
   [ "$EVAL" = 1 ] || continue
   $PY scripts/evaluate_shapes.py --model "$run=$out/model.safetensors:$method" --no-teacher --no-real \
       --frames 84 336 --out "$RESULTS" --no-figures --no-progress

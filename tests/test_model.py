@@ -202,6 +202,20 @@ def test_unbounded_cache_grows():
     assert cache.frames().tolist() == list(range(6))
 
 
+@torch.no_grad()
+def test_cached_frame_indices_stay_on_the_cpu_with_the_positions():
+    """Frame bookkeeping lives on the CPU (masks are built there, then moved): reading a cache for a
+    call on another device must not move its frame indices (on CUDA the cat with the CPU positions
+    failed). The ``meta`` device stands in for a GPU here."""
+    model = random_model()
+    spec = block_causal(2)
+    x, text = inputs(2)
+    cache = model.new_cache(spec)
+    model(x, torch.tensor([100.0, 100.0]), text, attention=spec, cache=cache, write_frames=2)
+    k, v, frames = M._gather_cache([cache], 0, like=torch.empty(2, 4, 2, 8, device="meta"))
+    assert frames.device.type == "cpu" and frames.tolist() == [[0, 1]]
+
+
 # -- the fused call -----------------------------------------------------------------------------
 
 

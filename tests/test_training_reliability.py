@@ -345,7 +345,8 @@ def test_the_model_names_the_commit_given_where_the_code_has_no_git_folder(tmp_p
     monkeypatch.setenv("HIAR_CODE_COMMIT", "0123abcd")
     out = tmp_path / "run"
     run_stage(teacher(out, steps=1))
-    assert read_checkpoint(out / "model.safetensors").metadata["commit"] == "0123abcd"
+    meta = read_checkpoint(out / "model.safetensors").metadata
+    assert meta["commit"] == "0123abcd" and meta["trained_on"] == "cpu x1"
 
 
 def test_no_resume_is_fine_on_a_folder_without_checkpoints(tmp_path):

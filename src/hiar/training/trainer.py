@@ -302,8 +302,14 @@ class Trainer:
         from hiar.checkpoint import save_model
 
         meta = {"stage": self.stage.name, "step": str(self.step), "seed": str(self.cfg.seed),
-                "commit": self.commit, **{k: str(v) for k, v in metadata.items()}}
+                "commit": self.commit, "trained_on": self.hardware(), **{k: str(v) for k, v in metadata.items()}}
         return save_model(model, self.out / filename, metadata=meta, state_dict=whole)
+
+    def hardware(self) -> str:
+        """What trained it, for the model's metadata: e.g. "cuda: NVIDIA H200 x1" or "cpu x2"."""
+        if self.device.type == "cuda":
+            return f"cuda: {torch.cuda.get_device_name(self.device)} x{self.world_size}"
+        return f"cpu x{self.world_size}"
 
     def barrier(self) -> None:
         if self.world_size > 1:
