@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "hiar-shapes-eval/1"
 RUN_LABEL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 SCORES = ("semantic", "dynamic", "quality", "total", "drift")
+CPU_BEFORE_RECORD = "cpu x2 (2 CPU cores; recorded before model files named their hardware)"
 PAPER_FRAMES = 84  # the paper's 20 s
 LONG_FRAMES = 336  # 80 s: four times the paper's horizon
 
@@ -113,8 +114,26 @@ def load_runs(folder: Path) -> dict[tuple[str, int], dict[int, dict]]:
             "per_prompt": per_prompt,
             "drift_segments": (data["drift"] or {}).get("segment_values"),
             "shape_segments": data.get("segments") or {},
+            "trained_on": ((data.get("model_metadata") or {}).get("raw") or {}).get("trained_on", CPU_BEFORE_RECORD),
+            "trajectories": ((data.get("model_metadata") or {}).get("raw") or {}).get("trajectories"),
         }
     return runs
+
+
+def hardware_lines(runs) -> list[str]:
+    """Which runs trained where (the model files' ``trained_on``), and any note on their trajectories."""
+    where: dict[str, set[str]] = {}
+    notes: dict[str, set[str]] = {}
+    for (variant, _frames), by_seed in runs.items():
+        if variant == "real":
+            continue
+        for seed, r in by_seed.items():
+            where.setdefault(r["trained_on"], set()).add(f"{variant}-s{seed}")
+            if r["trajectories"]:
+                notes.setdefault(r["trajectories"], set()).add(f"{variant}-s{seed}")
+    lines = [f"- trained on {hw}: {', '.join(sorted(names))}" for hw, names in sorted(where.items())]
+    lines += [f"- forward-KL trajectories {note}: {', '.join(sorted(names))}" for note, names in sorted(notes.items())]
+    return lines
 
 
 def summary(by_seed: dict[int, dict], score: str) -> dict | None:
@@ -253,7 +272,11 @@ def render(runs, tp: dict | None, figures: list[str]) -> str:
              "Verdict rule and spread: the docstring of `scripts/paper_claims.py`; where both variants have one "
              "seed so far (spread marked \"prompts\"), a verdict is against the per-prompt standard error only, and "
              "the spread over training seeds, usually larger, is not yet known. "
-             "Reproduce: `bash scripts/reproduce.sh` (resumes; about 20 min per run on 2 CPU cores).", ""]
+             "Reproduce: `bash scripts/reproduce.sh` (resumes; about 20 min per run on 2 CPU cores). "
+             "Where a run trained does not change its budget (iterations, batch, learning rates); the GPU's "
+             "arithmetic rounds differently, as a different seed would differ far more. Trajectories recomputed "
+             "on a GPU differ from the CPU's by rounding (mean |difference| 5e-5 on latents of mean magnitude 0.67).",
+             "", "Where each run trained:", "", *hardware_lines(runs), ""]
     for frames in (PAPER_FRAMES, LONG_FRAMES):
         table, counts = claims_table(runs, frames)
         summary_line = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
