@@ -143,3 +143,16 @@ def test_claims_file_fills_the_marked_section_and_check_mode(tmp_path, capsys):
     assert rp.main(["--results", str(folder), "--out", str(out), "--check"]) == 0
     out.write_text(page + "edited by hand\n")
     assert rp.main(["--results", str(folder), "--out", str(out), "--check"]) == 1
+
+
+def test_experiments_are_listed_from_their_folders(tmp_path):
+    folder = write(tmp_path / "results" / "eval", tiny_set())
+    assert "Toward the missed targets" not in rp.render_folder(folder)  # no experiments folder: no section
+    exp = write(tmp_path / "results" / rp.EXPERIMENTS / "longer-teacher",
+                [result("hiar-t2", "student", 84, scores(0.6, 0.7, 0.5), (0.4, 0.1), "hiar")])
+    (exp / "about.txt").write_text("teacher trained twice as long\n")
+    write(tmp_path / "results" / rp.EXPERIMENTS / "no-about", [result("x", "teacher", 21, scores(0.1, 0.2, 0.3), None)])
+    page = rp.render_folder(folder)
+    assert "| longer-teacher | teacher trained twice as long | hiar-t2 (student) | 84 | 0.600 | 0.700 | 0.500 | 0.600 | 0.400 |" in page
+    assert "| no-about | (no about.txt) | x (teacher) | 21 | 0.100 | 0.200 | 0.300 | 0.200 | – |" in page
+    assert page.index("Toward the missed targets") < page.index("## Paper claims")
