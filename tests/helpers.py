@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -262,3 +266,13 @@ def uncached_step_first_hiar(model, spec, n_blocks: int, block_frames: int, text
             x[n] = x0 if nxt == 0 else (1 - nxt) * x0 + nxt * bank(n, j + 1)
             outputs.append(x[n])
     return torch.cat(x, dim=2)
+
+
+def load_script(name: str):
+    """A module of scripts/ (not a package) by file name, registered in sys.modules (dataclasses look
+    their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

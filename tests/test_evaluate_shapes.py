@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +11,12 @@ import torch
 
 from hiar.checkpoint import save_model
 from hiar.model import build_model
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ev = _load("evaluate_shapes")
+ev = load_script("evaluate_shapes")
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_evaluate_shapes import _load
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-pc = _load("paper_claims")
+pc = load_script("paper_claims")
 
 
 def write_run(folder: Path, label: str, frames: int, drift: list[float], dynamic: float = 0.5, quality: float = 0.5) -> None:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("pixel_stats", ROOT / "scripts" / "pixel_stats.py")
-ps = importlib.util.module_from_spec(spec)
-sys.modules["pixel_stats"] = ps
-spec.loader.exec_module(ps)
+from tests.helpers import load_script
+
+ps = load_script("pixel_stats")
 
 
 def test_known_shares_and_background_colour(tmp_path, capsys):

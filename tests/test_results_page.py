@@ -3,24 +3,16 @@ tables and the targets' met/missed arithmetic on a small hand-made JSON set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = _load("results_page")
+rp = load_script("results_page")
 
 SLOTS = ("quality_musiq", "quality_clipiqa", "coherence_dinov2", "coherence_lpips", "saturation", "sharpness", "colour_shift")
 
