@@ -82,3 +82,18 @@ def test_page_and_figures_from_a_folder(tmp_path):
 def test_the_committed_claims_page_is_what_the_committed_json_gives():
     assert list((ROOT / "results" / "repro").glob("*.json")), "no committed results/repro/*.json"
     assert pc.main(["--check"]) == 0, "run: python scripts/paper_claims.py && python scripts/results_page.py"
+
+
+def test_throughput_section_names_the_reference_row_and_both_verdicts():
+    run = {"steps": 4, "procs": 1, "frames_per_s": 10.0, "first_block_latency_s": 0.1}
+    tp = {"preset": "toy", "device": "cpu", "dtype": "float32", "latent": [3, 32, 32], "blocks": 28,
+          "runs": [{**run, "method": "block-first (Self-Forcing)", "speedup_vs_block_first": 1.0},
+                   {**run, "method": "block-first (Self-Forcing)", "steps": 2},
+                   {**run, "method": "hierarchical pipelined", "steps": 2, "procs": 2, "frames_per_s": 8.0,
+                    "speedup_vs_block_first": 0.8}],
+          "simulated": [{"devices": 4, "speedup_vs_block_first": 2.0}]}
+    text = "\n".join(pc.throughput_section(tp))
+    assert "| block-first (Self-Forcing) | 2 | 1 | 10.00 | 0.100 | reference of the pipelined row |" in text
+    assert "nan" not in text
+    assert "2.00x block-first (paper ~1.8x): **holds** (faster), above the paper's factor" in text
+    assert "0.80x: **does not hold** on this machine" in text
