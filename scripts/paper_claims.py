@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "hiar-shapes-eval/1"
 RUN_LABEL = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 SCORES = ("semantic", "dynamic", "quality", "total", "drift")
-CPU_BEFORE_RECORD = "cpu x2 (2 CPU cores; recorded before model files named their hardware)"
+CPU_BEFORE_RECORD = "cpu x1 (one process on 2 CPU cores; recorded before model files named their hardware)"
 PAPER_FRAMES = 84  # the paper's 20 s
 LONG_FRAMES = 336  # 80 s: four times the paper's horizon
 
@@ -109,13 +109,14 @@ def load_runs(folder: Path) -> dict[tuple[str, int], dict[int, dict]]:
         m = RUN_LABEL.match(label)
         variant, seed = (m["variant"], int(m["seed"])) if m else (label, 0)
         per_prompt = {k: [e[k] for e in data["per_video"] if e.get(k) is not None] for k in SCORES}
+        recorded = (data.get("model_metadata") or {}).get("raw") or {}  # the model file's own metadata
         runs.setdefault((variant, data["frames"]), {})[seed] = {
             "mean": {k: float(np.mean(v)) if v else None for k, v in per_prompt.items()},
             "per_prompt": per_prompt,
             "drift_segments": (data["drift"] or {}).get("segment_values"),
             "shape_segments": data.get("segments") or {},
-            "trained_on": ((data.get("model_metadata") or {}).get("raw") or {}).get("trained_on", CPU_BEFORE_RECORD),
-            "trajectories": ((data.get("model_metadata") or {}).get("raw") or {}).get("trajectories"),
+            "trained_on": recorded.get("trained_on", CPU_BEFORE_RECORD),
+            "trajectories": recorded.get("trajectories"),
         }
     return runs
 

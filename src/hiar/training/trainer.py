@@ -306,7 +306,8 @@ class Trainer:
         return save_model(model, self.out / filename, metadata=meta, state_dict=whole)
 
     def hardware(self) -> str:
-        """What trained it, for the model's metadata: e.g. "cuda: NVIDIA H200 x1" or "cpu x2"."""
+        """What trained it, for the model's metadata: the device and the number of processes, e.g.
+        "cuda: NVIDIA H200 x1" or "cpu x1"."""
         if self.device.type == "cuda":
             return f"cuda: {torch.cuda.get_device_name(self.device)} x{self.world_size}"
         return f"cpu x{self.world_size}"
