@@ -18,12 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 HIAR=${HIAR:-.venv/bin/hiar}
 PY=${PY:-.venv/bin/python}
-BASE=${BASE:-runs/shapes}        # teacher, trajectories, ode_init (and the bundled runs, seed 0)
+BASE=${BASE:-runs/shapes}        # teacher, trajectories, ode_init (the bundled students live there too, at the recipe's guidance)
 RUNS=${RUNS:-runs/repro}         # the other runs (their weights are not kept in git)
 RESULTS=${RESULTS:-results/repro}
 COMMIT=${COMMIT:-0}
 CLAIMS=${CLAIMS:-1}               # 0: stop after the runs (no throughput, no claims page)
 EVAL=${EVAL:-1}                   # 0: train only (e.g. on a GPU machine; evaluate here later)
+GUIDANCE=${GUIDANCE:-2.0}         # DMD real_guidance of every run: the published claims ran at 2.0 (the recipe's
+                                  # value then; the recipe now uses 0.0), so they stay comparable and reproducible
 
 # variant | config | sampling method | what changes (hiar train --set KEY=VALUE, comma-separated)
 # (hiar-discrete-noise: the released code's DMD/critic noise draw, the A/B that picks score_noise's default)
@@ -63,8 +65,8 @@ for run in $RUN_LIST; do
   variant=${run%-s*}; seed=${run##*-s}
   config=$(field "$variant" 2); method=$(field "$variant" 3); change=$(field "$variant" 4)
   [ -n "$config" ] && [[ "$seed" =~ ^[0-9]+$ ]] || { echo "reproduce: unknown run '$run' (VARIANT-sSEED; variants: $(echo "$VARIANTS" | awk 'NF {printf "%s ", $1}'))" >&2; exit 2; }
-  if [ "$change" = - ] && [ "$seed" = 0 ]; then out=$BASE/$config; else out=$RUNS/$run; fi  # seed 0 of a method is its bundled run
-  sets=(--set "output_dir=$out" --set "seed=$seed" --set progress=false
+  out=$RUNS/$run
+  sets=(--set "output_dir=$out" --set "seed=$seed" --set progress=false --set "real_guidance=$GUIDANCE"
         --set "model.checkpoint=$BASE/ode_init/model.safetensors" --set "teacher.checkpoint=$BASE/teacher/model.safetensors")
   [ "$config" = dmd_hiar ] && sets+=(--set "fkl.trajectories=$BASE/trajectories")
   if [ "$change" != - ]; then IFS=, read -ra kv <<< "$change"; for c in "${kv[@]}"; do sets+=(--set "$c"); done; fi
