@@ -346,3 +346,22 @@ def test_file_errors(tmp_path):
         C.save_state_dict(sd, two / name)
     with pytest.raises(CheckpointError, match="several safetensors weights .*a.safetensors, b.safetensors"):
         C.load_model(two)
+
+
+@pytest.mark.parametrize("name", ["model", "generator"])
+def test_training_step_folder_loads_its_ema_unless_asked_for_the_raw_weights(tmp_path, name):
+    # a trainer's checkpoints/step-N: NAME.safetensors beside NAME_ema.safetensors (and a DMD critic)
+    raw, ema, critic = random_model(seed=1), random_model(seed=2), random_model(seed=3)
+    C.save_model(raw, tmp_path / f"{name}.safetensors")
+    C.save_model(ema, tmp_path / f"{name}_ema.safetensors")
+    C.save_model(critic, tmp_path / "critic.safetensors")
+    (tmp_path / "complete.json").write_text("{}")
+
+    def same(a, b):
+        return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+    assert same(C.load_model(tmp_path), ema)
+    assert same(C.load_model(tmp_path, which="ema"), ema)
+    assert same(C.load_model(tmp_path, which="generator"), raw)
+    with pytest.raises(CheckpointError, match="which must be one of"):
+        C.load_model(tmp_path, which="critic")

@@ -43,6 +43,19 @@ def _config_json(directory: Path) -> tuple[WanConfig | None, str | None]:
     return None, None
 
 
+def _training_step_weights(directory: Path, which: str) -> Path | None:
+    """In a trainer's step folder (``checkpoints/step-N``: ``NAME.safetensors`` beside its EMA
+    ``NAME_ema.safetensors``, NAME ``model`` or ``generator``, perhaps a critic too) the file ``which``
+    picks: the EMA for ``auto``/``ema``/``generator_ema``, the raw weights for ``generator``."""
+    for name in ("model", "generator"):
+        raw, ema = directory / f"{name}.safetensors", directory / f"{name}_ema.safetensors"
+        if raw.is_file() and ema.is_file():
+            if which not in ("auto", "ema", "generator_ema", "generator"):
+                raise CheckpointError(f"which must be one of auto, ema, generator_ema, generator; got '{which}'")
+            return raw if which == "generator" else ema
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike, *, which: str = "auto") -> Checkpoint:
     """Read any supported checkpoint into hiar (original Wan) key names, without building a model."""
     path = Path(path)
@@ -61,7 +74,9 @@ def read_checkpoint(path: str | os.PathLike, *, which: str = "auto") -> Checkpoi
             raw, files = _load_sharded(index), [index]
         else:
             single = directory / WEIGHTS_NAME
-            candidates = [single] if single.is_file() else sorted(directory.glob("*.safetensors"))
+            step = _training_step_weights(directory, which)
+            candidates = [step] if step is not None else [single] if single.is_file() \
+                else sorted(directory.glob("*.safetensors"))
             if len(candidates) != 1:
                 what = "no" if not candidates else "several"
                 raise CheckpointError(
