@@ -1,0 +1,47 @@
+"""scripts/shape_confusion.py: real clips read as the asked shapes, a clip drawn with the wrong shapes
+lands off the diagonal, and a missing checkpoint is named in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hiar.eval.shapes_scores import ShapesScorer
+from hiar.world.shapes import default_world
+from tests.helpers import load_script
+
+sc = load_script("shape_confusion")
+WORLD = default_world()
+SCORER = ShapesScorer(WORLD)
+
+
+def specs(n):
+    return [WORLD.sample_spec((sc.PROMPT_SEED, i)) for i in range(n)]
+
+
+def test_real_clips_draw_the_asked_shapes():
+    s = specs(8)
+    r = sc.confusion(sc.videos_of("real", WORLD, s, 3, steps=0, shift=1.0, guidance=0.0), s, SCORER)
+    counts = np.array(r["confusion"])
+    assert counts.sum() == sum(3 * len(x.objects) for x in s) * (1 - r["missing"])
+    assert r["accuracy"] > 0.7  # well above chance (1/3)
+    f = r["fill_mean"]
+    assert f["square"] > f["circle"] > f["triangle"]
+
+
+def test_every_object_drawn_as_a_circle_lands_in_the_circle_column():
+    s = specs(6)
+    as_circles = [dataclasses.replace(x, objects=tuple(dataclasses.replace(o, shape="circle") for o in x.objects))
+                  for x in s]
+    videos = sc.videos_of("real", WORLD, as_circles, 3, steps=0, shift=1.0, guidance=0.0)
+    counts = np.array(sc.confusion(videos, s, SCORER)["confusion"])  # scored against what was asked
+    asked = np.array([sum(3 for x in s for o in x.objects if o.shape == name) for name in sc.SHAPES])
+    assert (counts[1:].sum(axis=1) > 0).all()  # squares and triangles were asked
+    assert (counts[:, 0] >= 0.7 * counts.sum(axis=1)).all()  # drawn: circle, whatever was asked
+    assert (counts.sum(axis=1) <= asked).all()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert sc.main([str(tmp_path / "none.safetensors"), "--prompts", "1", "--frames", "3"]) == 1
+    assert capsys.readouterr().err.strip() == f"shape_confusion: {tmp_path / 'none.safetensors'}: no such checkpoint"
