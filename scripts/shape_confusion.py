@@ -17,6 +17,8 @@ score's rule), which gives:
   and count parts (means over prompts).
 
 A model whose fill ratios do not depend on the asked shape has not learnt shapes, however good its colours.
+``--denoise SIGMA`` scores the model's one-step clean estimate of the real clips noised to SIGMA
+instead: whether it keeps a shape it can see (and is told).
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ PROMPT_SEED = ev.PROMPT_SEED
 
 
 def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift: float, guidance: float,
-              device: str = "cpu") -> np.ndarray:
-    """uint8 ``[B, F, H, W, 3]``: the real clips, or the model's samples."""
+              device: str = "cpu", denoise: float | None = None) -> np.ndarray:
+    """uint8 ``[B, F, H, W, 3]``: the real clips, or the model's samples; with ``denoise`` sigma, the
+    model's one-step clean estimate ``x_t - sigma v`` of the real clips noised to that level."""
+    real = ev.real_clips(world, specs, frames)
     if source == "real":
-        return ev.real_clips(world, specs, frames)
+        return real
+    from hiar import schedule
     from hiar.checkpoint import load_model
     from hiar.generate import shapes_world
 
@@ -50,10 +55,17 @@ def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift
         raise FileNotFoundError(f"shape_confusion: {path}: no such checkpoint")
     model = load_model(path, device=device).eval()
     gw = shapes_world(model)
-    text = gw.text_encoder.encode([world.prompt(s) for s in specs])
+    text = gw.text_encoder.encode([world.prompt(s) for s in specs]).to(device)
     with torch.no_grad():
-        latents = ev.sample_teacher(model, text, list(range(len(specs))), gw.latent_shape, num_frames=frames,
-                                    steps=steps, shift=shift, guidance=guidance)
+        if denoise is None:
+            latents = ev.sample_teacher(model, text, list(range(len(specs))), gw.latent_shape, num_frames=frames,
+                                        steps=steps, shift=shift, guidance=guidance)
+        else:
+            x0 = gw.codec.encode(torch.from_numpy(real).permute(0, 4, 1, 2, 3).float() / 127.5 - 1).to(device)
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
+            xt = schedule.add_noise(x0, noise, denoise)
+            t = torch.full((len(specs),), schedule.timestep(denoise), device=device)
+            latents = xt - denoise * model(xt, t, text).float()
     return ev.as_uint8(gw.codec.decode(latents.float().cpu()).clamp(-1, 1))
 
 
@@ -106,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shift", type=float, default=ev.TEACHER_SHIFT)
     p.add_argument("--guidance", type=float, default=ev.TEACHER_GUIDANCE)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--denoise", type=float, default=None, metavar="SIGMA",
+                   help="score the model's one-step clean estimate of the real clips noised to SIGMA instead of samples "
+                        "(does it keep a shape it can see?)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.frames < 3:
@@ -121,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for source in args.models:
         try:
             videos = videos_of(source, world, specs, args.frames, steps=args.steps, shift=args.shift,
-                               guidance=args.guidance, device=args.device)
+                               guidance=args.guidance, device=args.device, denoise=args.denoise)
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             return 1

@@ -45,3 +45,19 @@ def test_every_object_drawn_as_a_circle_lands_in_the_circle_column():
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert sc.main([str(tmp_path / "none.safetensors"), "--prompts", "1", "--frames", "3"]) == 1
     assert capsys.readouterr().err.strip() == f"shape_confusion: {tmp_path / 'none.safetensors'}: no such checkpoint"
+
+
+def test_the_teachers_clean_estimate_of_noised_real_clips_is_close_to_them():
+    from hiar.generate import bundled_checkpoint
+
+    s = specs(6)
+    clips = sc.videos_of("real", WORLD, s, 3, steps=0, shift=1.0, guidance=0.0)
+    real = sc.confusion(clips, s, SCORER)
+    teacher = str(bundled_checkpoint("shapes-teacher"))
+    # at sigma 0.02, x_t - sigma v is the clip up to 2 % of a velocity: the shapes stay
+    barely = sc.videos_of(teacher, WORLD, s, 3, steps=0, shift=1.0, guidance=0.0, denoise=0.02)
+    assert sc.confusion(barely, s, SCORER)["accuracy"] >= real["accuracy"] - 0.1
+    # at sigma 0.3 the noisy input is ~45/255 off on average; the trained teacher's estimate is ~10 off
+    # (a wrong sign or level would leave it farther off than the input)
+    estimate = sc.videos_of(teacher, WORLD, s, 3, steps=0, shift=1.0, guidance=0.0, denoise=0.3)
+    assert np.abs(estimate.astype(float) - clips).mean() < 20
