@@ -108,19 +108,26 @@ def test_cli_switches_prompts_and_reports_the_cost(tmp_path, capsys, toy_checkpo
 
 def test_a_bundled_model_follows_a_switch_in_its_per_segment_semantic_score():
     """Red circle for 12 frames, then blue square: against the blue square, the second half scores
-    higher than the first; against the red circle, lower."""
+    higher than the first; against the red circle, lower (means over four seeds: one seed's video
+    can miss its first prompt's object)."""
+    import numpy as np
+
     from hiar.checkpoint import load_model
     from hiar.eval.shapes_scores import ShapesScorer
     from hiar.generate import bundled_model_path
 
     model = load_model(bundled_model_path("hiar")).eval()
     config = method_config("hiar", window=21, switch=SwitchPolicy.KV_RECACHE)
-    video, _ = generate(model, shapes_world(model), [(0, RED), (0.75, BLUE)], num_frames=24, config=config, progress=False)
     scorer = ShapesScorer(segments=2)  # frames 0-11 (red circle), 12-23 (blue square from block 4 on)
-    before_blue, after_blue = scorer.score(video, BLUE).segments["semantic"]
-    before_red, after_red = scorer.score(video, RED).segments["semantic"]
-    assert after_blue > before_blue + 0.1, (before_blue, after_blue)  # measured: 0.38 -> 0.60
-    assert after_red < before_red - 0.3, (before_red, after_red)  # measured: 0.98 -> 0.30
+    blue, red = [], []
+    for seed in range(4):
+        video, _ = generate(model, shapes_world(model), [(0, RED), (0.75, BLUE)], num_frames=24, config=config,
+                            seed=seed, progress=False)
+        blue.append(scorer.score(video, BLUE).segments["semantic"])
+        red.append(scorer.score(video, RED).segments["semantic"])
+    (before_blue, after_blue), (before_red, after_red) = np.mean(blue, axis=0), np.mean(red, axis=0)
+    assert after_blue > before_blue + 0.1, (before_blue, after_blue)  # measured: 0.31 -> 0.57
+    assert after_red < before_red - 0.25, (before_red, after_red)  # measured: 0.73 -> 0.32
 
 
 def test_cli_pipelined_switch_reports_the_planned_cost(tmp_path, capsys, toy_checkpoint):
