@@ -22,7 +22,7 @@ from hiar.checkpoint.dcp import DCP_INDEX, read_dcp_checkpoint
 from hiar.checkpoint.diffusers import config_from_diffusers
 from hiar.checkpoint.keys import DIFFUSERS, WAN, detect_layout, diffusers_to_wan, strip_prefixes
 from hiar.checkpoint.native import FORMAT, _load_safetensors, _stored_config
-from hiar.checkpoint.training import _load_pickle, select_weights
+from hiar.checkpoint.training import _load_pickle, check_which, select_weights
 from hiar.checkpoint.wan import WEIGHTS_NAME, _find_index, _load_sharded, config_from_wan
 from hiar.model import PRESETS, WanConfig, WanModel
 
@@ -50,9 +50,7 @@ def _training_step_weights(directory: Path, which: str) -> Path | None:
     for name in ("model", "generator"):
         raw, ema = directory / f"{name}.safetensors", directory / f"{name}_ema.safetensors"
         if raw.is_file() and ema.is_file():
-            if which not in ("auto", "ema", "generator_ema", "generator"):
-                raise CheckpointError(f"which must be one of auto, ema, generator_ema, generator; got '{which}'")
-            return raw if which == "generator" else ema
+            return raw if check_which(which)[0] == "generator" else ema
     return None
 
 

@@ -25,6 +25,13 @@ def _is_state_dict(obj) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def check_which(which: str) -> tuple[str, ...]:
+    """The training-checkpoint entries ``which`` asks for, in order of preference (or an error)."""
+    if which not in _WHICH:
+        raise CheckpointError(f"which must be one of {sorted(_WHICH)}, got '{which}'")
+    return _WHICH[which]
+
+
 def select_weights(obj, which: str = "auto") -> tuple[dict[str, torch.Tensor], str | None]:
     """The transformer's state dict inside a loaded checkpoint object, and which entry it came from.
 
@@ -33,15 +40,14 @@ def select_weights(obj, which: str = "auto") -> tuple[dict[str, torch.Tensor], s
     as is (``which`` other than ``"auto"`` is then an error, since there is nothing to choose).
     Also unwraps ``{"state_dict": ...}``, ``{"model": ...}`` and ``{"module": ...}``.
     """
-    if which not in _WHICH:
-        raise CheckpointError(f"which must be one of {sorted(_WHICH)}, got '{which}'")
+    wanted = check_which(which)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"a checkpoint must hold a dict of tensors, got {type(obj).__name__}")
     if _is_state_dict(obj):
         if which != "auto":
             raise CheckpointError(f"which='{which}' asks for a training checkpoint entry, but this file is a plain state dict")
         return dict(obj), None
-    for name in _WHICH[which]:
+    for name in wanted:
         if name in obj:
             sd = obj[name]
             if not _is_state_dict(sd):
@@ -51,8 +57,8 @@ def select_weights(obj, which: str = "auto") -> tuple[dict[str, torch.Tensor], s
         for name in ("state_dict", "model", "module"):
             if name in obj and _is_state_dict(obj[name]):
                 return dict(obj[name]), name
-    wanted = " or ".join(f"'{n}'" for n in _WHICH[which])
-    raise CheckpointError(f"checkpoint has no {wanted} entry; it holds: {_listing([str(k) for k in obj], 20)}")
+    raise CheckpointError(f"checkpoint has no {' or '.join(repr(n) for n in wanted)} entry; "
+                          f"it holds: {_listing([str(k) for k in obj], 20)}")
 
 
 def _load_pickle(path: Path):
