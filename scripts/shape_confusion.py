@@ -43,9 +43,8 @@ def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift
               device: str = "cpu", denoise: float | None = None) -> np.ndarray:
     """uint8 ``[B, F, H, W, 3]``: the real clips, or the model's samples; with ``denoise`` sigma, the
     model's one-step clean estimate ``x_t - sigma v`` of the real clips noised to that level."""
-    real = ev.real_clips(world, specs, frames)
     if source == "real":
-        return real
+        return ev.real_clips(world, specs, frames)
     from hiar import schedule
     from hiar.checkpoint import load_model
     from hiar.generate import shapes_world
@@ -61,6 +60,7 @@ def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift
             latents = ev.sample_teacher(model, text, list(range(len(specs))), gw.latent_shape, num_frames=frames,
                                         steps=steps, shift=shift, guidance=guidance)
         else:
+            real = ev.real_clips(world, specs, frames)
             x0 = gw.codec.encode(torch.from_numpy(real).permute(0, 4, 1, 2, 3).float() / 127.5 - 1).to(device)
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
             xt = schedule.add_noise(x0, noise, denoise)

@@ -57,7 +57,7 @@ def test_the_teachers_clean_estimate_of_noised_real_clips_is_close_to_them():
     # at sigma 0.02, x_t - sigma v is the clip up to 2 % of a velocity: the shapes stay
     barely = sc.videos_of(teacher, WORLD, s, 3, steps=0, shift=1.0, guidance=0.0, denoise=0.02)
     assert sc.confusion(barely, s, SCORER)["accuracy"] >= real["accuracy"] - 0.1
-    # at sigma 0.3 the noisy input is ~45/255 off on average; the trained teacher's estimate is ~10 off
+    # at sigma 0.3 the noisy input is ~45/255 off on average; the trained teacher's estimate is ~5 off
     # (a wrong sign or level would leave it farther off than the input)
     estimate = sc.videos_of(teacher, WORLD, s, 3, steps=0, shift=1.0, guidance=0.0, denoise=0.3)
     assert np.abs(estimate.astype(float) - clips).mean() < 20
