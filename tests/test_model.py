@@ -447,3 +447,18 @@ def test_bfloat16_model_runs_and_tracks_float32():
     got = half(x, t, text, attention=spec, cache=c, write_frames=2)
     assert got.dtype == torch.bfloat16 and c.k[0].dtype == torch.bfloat16
     assert ((got.float() - want).norm() / want.norm()) < 0.05
+
+
+def test_cpu_attention_runs_in_float32_under_bfloat16_autocast():
+    """Autocast would run SDPA's bfloat16 kernel, whose CPU backward is ~2.5x slower than float32's."""
+    from hiar.attention import sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 24, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sdpa(q, k, v)
+    assert out.dtype == torch.bfloat16
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert torch.equal(out, ref)
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16

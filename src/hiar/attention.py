@@ -179,6 +179,18 @@ def _to_heads(x: torch.Tensor) -> torch.Tensor:  # [B, L, H, D] -> [B, H, L, D]
     return x.transpose(1, 2)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on ``[B, H, L, D]``; bfloat16 on the CPU runs in float32.
+
+    Why: on AMX CPUs the bfloat16 flash kernel's backward is ~2.5x slower than float32's, which
+    cancelled bfloat16's gain in the matmuls (toy teacher step, benchmarks/training.py).
+    """
+    if q.device.type == "cpu" and (q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bfloat16
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 def masked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -199,7 +211,7 @@ def masked_attention(
     G = query_frames.shape[0]
     B = q.shape[0] // G
     if not spec.causal and bool((key_frames >= 0).all()):
-        return F.scaled_dot_product_attention(_to_heads(q), _to_heads(k), _to_heads(v)).transpose(1, 2)
+        return sdpa(_to_heads(q), _to_heads(k), _to_heads(v)).transpose(1, 2)
     # Runs of query frames that share a block (the relative layout is the same in every group).
     qf = query_frames[0]
     qblock = torch.div(qf, spec.block_frames, rounding_mode="floor") if spec.causal else torch.zeros_like(qf)
@@ -209,7 +221,7 @@ def masked_attention(
         vis = visible(query_frames[:, a], key_frames, spec)  # [G, Fk]
         qa = _to_heads(q[:, a * T:b * T])
         if bool(vis.all()):
-            o = F.scaled_dot_product_attention(qa, _to_heads(k), _to_heads(v))
+            o = sdpa(qa, _to_heads(k), _to_heads(v))
         elif bool((vis == vis[:1]).all()):
             idx = vis[0].nonzero().squeeze(1)
             if len(idx) == 0:
@@ -220,9 +232,9 @@ def masked_attention(
             else:
                 tok = (idx[:, None] * T + torch.arange(T, device=idx.device)).flatten().to(k.device)
                 ks, vs = k.index_select(1, tok), v.index_select(1, tok)
-            o = F.scaled_dot_product_attention(qa, _to_heads(ks), _to_heads(vs))
+            o = sdpa(qa, _to_heads(ks), _to_heads(vs))
         else:
             mask = vis.repeat_interleave(T, dim=1).repeat_interleave(B, dim=0)[:, None, None, :]
-            o = F.scaled_dot_product_attention(qa, _to_heads(k), _to_heads(v), attn_mask=mask.to(q.device))
+            o = sdpa(qa, _to_heads(k), _to_heads(v), attn_mask=mask.to(q.device))
         outs.append(o.transpose(1, 2))
     return torch.cat(outs, dim=1)

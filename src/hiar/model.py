@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hiar.attention import BIDIRECTIONAL, AttentionSpec, KVCache, masked_attention
+from hiar.attention import BIDIRECTIONAL, AttentionSpec, KVCache, masked_attention, sdpa
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ class CrossAttention(_Attention):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         k, v = kv
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o(out.transpose(1, 2).flatten(2))
 
 
