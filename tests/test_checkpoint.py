@@ -365,3 +365,11 @@ def test_training_step_folder_loads_its_ema_unless_asked_for_the_raw_weights(tmp
     assert same(C.load_model(tmp_path, which="generator"), raw)
     with pytest.raises(CheckpointError, match="which must be one of"):
         C.load_model(tmp_path, which="critic")
+
+
+def test_the_prediction_setting_travels_with_the_weights(tmp_path):
+    from hiar.model import get_config
+
+    model = WanModel(get_config("tiny", prediction="sample"))
+    path = C.save_model(model, tmp_path / "x0.safetensors")
+    assert C.load_model(path).cfg.prediction == "sample"

@@ -462,3 +462,34 @@ def test_cpu_attention_runs_in_float32_under_bfloat16_autocast():
     assert torch.equal(out, ref)
     out.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16
+
+
+@torch.no_grad()
+def test_sample_prediction_returns_the_velocity_of_the_networks_clean_estimate():
+    """prediction="sample": the same weights' raw output (what a velocity model returns) is read as x0,
+    and forward returns (x - x0) / max(sigma, MIN_SAMPLE_SIGMA), per frame."""
+    cfg = M.get_config("tiny")
+    torch.manual_seed(0)
+    raw = WanModel(cfg).eval()
+    x0_model = WanModel(M.get_config("tiny", prediction="sample")).eval()
+    x0_model.load_state_dict(raw.state_dict())
+    x = torch.randn(2, cfg.in_dim, 3, 8, 8)
+    t = torch.tensor([[800.0, 300.0, 0.0], [1000.0, 20.0, 50.0]])  # 0 and 20 are below the floor
+    text = torch.randn(2, cfg.text_len, cfg.text_dim)
+    x0 = raw(x, t, text)
+    sigma = (t / 1000).clamp_min(M.MIN_SAMPLE_SIGMA)[:, None, :, None, None]
+    got = x0_model(x, t, text)
+    torch.testing.assert_close(got, (x - x0) / sigma, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(got).all()
+    # x - sigma v (the samplers' clean estimate) gives back the network's x0 where sigma is above the floor
+    above = (t / 1000 >= M.MIN_SAMPLE_SIGMA)[:, None, :, None, None].expand_as(x)
+    est = x - (t / 1000)[:, None, :, None, None] * got
+    torch.testing.assert_close(est[above], x0[above], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(est[~above], x0[~above])
+
+
+def test_prediction_validation():
+    with pytest.raises(ValueError, match="prediction must be one of velocity, sample, got 'eps'"):
+        M.get_config("tiny", prediction="eps")
+    with pytest.raises(ValueError, match="needs out_dim == in_dim"):
+        M.get_config("tiny", prediction="sample", out_dim=2)

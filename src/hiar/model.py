@@ -26,6 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hiar.attention import BIDIRECTIONAL, AttentionSpec, KVCache, masked_attention, sdpa
+from hiar.schedule import NUM_TRAIN_TIMESTEPS
+
+
+PREDICTIONS = ("velocity", "sample")
+# x-prediction divides by sigma: below this level the velocity is (x - x0) / MIN_SAMPLE_SIGMA
+# (JiT's t_eps), which keeps it finite for clean context frames (sigma 0).
+MIN_SAMPLE_SIGMA = 0.05
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,18 @@ class WanConfig:
     freq_dim: int = 256
     eps: float = 1e-6
     rope_theta: float = 10000.0
+    # What the network's last layer outputs; forward() always returns a velocity. "velocity" is Wan's.
+    # "sample" (x-prediction, Li & He 2025, "Back to Basics"): the head outputs the clean sample x0 and
+    # forward returns (x - x0) / sigma - for wide patches (a 4x4 RGB patch is 48 numbers against a
+    # width of 128), where copying the input's noise through the network to predict a velocity
+    # costs the capacity the shapes need.
+    prediction: str = "velocity"
 
     def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.prediction == "sample" and self.in_dim != self.out_dim:
+            raise ValueError(f"prediction='sample' needs out_dim == in_dim, got {self.out_dim} and {self.in_dim}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         t, h, w = rope_split(self.head_dim)
@@ -491,6 +508,7 @@ class WanModel(nn.Module):
         t = t[:, None] if t.ndim == 1 else t
         if t.shape[0] != B or t.shape[1] not in (1, Fr):
             raise ValueError(f"timesteps must be [B] or [B, F] = [{B}, {Fr}], got {tuple(t.shape)}")
+        per_frame_t = t
         t = t[:, ::pt]
         if t.shape[1] > 1 and bool((t == t[:, :1]).all()):
             t = t[:, :1]  # same modulation for every frame: compute it once
@@ -518,8 +536,11 @@ class WanModel(nn.Module):
         if write is not None:
             for g, c in enumerate(caches):
                 c.commit(frames[g, : write[0]].tolist(), write[1][g], pos.tokens_per_frame)
-        out = self.head(h, e)
-        return self.unpatchify(out, fp, hp, wp)
+        out = self.unpatchify(self.head(h, e), fp, hp, wp)
+        if cfg.prediction == "sample":
+            sigma = (per_frame_t.float() / NUM_TRAIN_TIMESTEPS).clamp_min(MIN_SAMPLE_SIGMA)[:, None, :, None, None]
+            out = ((x.float() - out.float()) / sigma).to(out.dtype)
+        return out
 
     def _text_kv(self, text, batch: int, groups: int, frames: int, tokens_per_frame: int):
         """Layer i -> its cross-attention keys/values: (k, v), or token spans of a :class:`FrameText`."""
