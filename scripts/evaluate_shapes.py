@@ -161,26 +161,36 @@ def model_metadata(path: str) -> dict:
 @torch.no_grad()
 def sample_teacher(model, text: torch.Tensor, seeds: list[int], latent_shape: tuple[int, int, int], *,
                    num_frames: int = TEACHER_FRAMES, steps: int = TEACHER_STEPS, shift: float = TEACHER_SHIFT,
-                   guidance: float = TEACHER_GUIDANCE) -> torch.Tensor:
+                   guidance: float = TEACHER_GUIDANCE, transition: str = "euler") -> torch.Tensor:
     """The bidirectional teacher's samples ``[B, C, num_frames, H, W]``: Euler on the probability-flow ODE
     over ``uniform_levels(steps, shift)``, classifier-free guided ``uncond + g (cond - uncond)`` with the
     all-zero null prompt as the unconditional text. The noise of sample ``b`` is the sampler's
-    :class:`~hiar.sampling.NoiseBank` draw for its seed (block 0, step 0, all frames at once)."""
+    :class:`~hiar.sampling.NoiseBank` draw for its seed (block 0, step 0, all frames at once).
+
+    ``transition="renoise"`` replaces each Euler step by the students' transition: the clean estimate
+    ``x - sigma v`` noised afresh to the next level (NoiseBank block 0, step j + 1), a stochastic sampler."""
+    if transition not in ("euler", "renoise"):
+        raise ValueError(f"transition must be euler or renoise, got {transition!r}")
     from hiar import schedule
     from hiar.sampling import NoiseBank
 
     C, H, W = latent_shape
     device, dtype = model.device, model.dtype
-    x = NoiseBank(seeds, (C, num_frames, H, W), device=device, dtype=torch.float32)(0, 0)
+    bank = NoiseBank(seeds, (C, num_frames, H, W), device=device, dtype=torch.float32)
+    x = bank(0, 0)
     cond = text.to(device, dtype)
     both_text = torch.cat([cond, torch.zeros_like(cond)])
     levels = [float(s) for s in schedule.uniform_levels(steps, shift=shift)]
     B = x.shape[0]
-    for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+    for j, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
         t = torch.full((2 * B,), schedule.timestep(sigma), device=device, dtype=torch.float32)
         v = model(torch.cat([x, x]).to(dtype), t, both_text).float()
         v_cond, v_uncond = v.chunk(2)
-        x = schedule.euler(x, v_uncond + guidance * (v_cond - v_uncond), sigma, sigma_next)
+        v = v_uncond + guidance * (v_cond - v_uncond)
+        if transition == "euler":
+            x = schedule.euler(x, v, sigma, sigma_next)
+        else:
+            x = schedule.renoise(x - sigma * v, bank(0, j + 1), sigma_next)
     return x
 
 

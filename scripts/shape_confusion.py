@@ -40,7 +40,7 @@ PROMPT_SEED = ev.PROMPT_SEED
 
 
 def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift: float, guidance: float,
-              device: str = "cpu", denoise: float | None = None) -> np.ndarray:
+              device: str = "cpu", denoise: float | None = None, transition: str = "euler") -> np.ndarray:
     """uint8 ``[B, F, H, W, 3]``: the real clips, or the model's samples; with ``denoise`` sigma, the
     model's one-step clean estimate ``x_t - sigma v`` of the real clips noised to that level."""
     if source == "real":
@@ -58,7 +58,7 @@ def videos_of(source: str, world, specs: list, frames: int, *, steps: int, shift
     with torch.no_grad():
         if denoise is None:
             latents = ev.sample_teacher(model, text, list(range(len(specs))), gw.latent_shape, num_frames=frames,
-                                        steps=steps, shift=shift, guidance=guidance)
+                                        steps=steps, shift=shift, guidance=guidance, transition=transition)
         else:
             real = ev.real_clips(world, specs, frames)
             x0 = gw.codec.encode(torch.from_numpy(real).permute(0, 4, 1, 2, 3).float() / 127.5 - 1).to(device)
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=ev.TEACHER_STEPS)
     p.add_argument("--shift", type=float, default=ev.TEACHER_SHIFT)
     p.add_argument("--guidance", type=float, default=ev.TEACHER_GUIDANCE)
+    p.add_argument("--sampler", choices=("euler", "renoise"), default="euler",
+                   help="euler: the ODE, as the evaluation samples the teacher; renoise: the students' stochastic "
+                        "transition (clean estimate, then fresh noise to the next level)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--denoise", type=float, default=None, metavar="SIGMA",
                    help="score the model's one-step clean estimate of the real clips noised to SIGMA instead of samples "
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for source in args.models:
         try:
             videos = videos_of(source, world, specs, args.frames, steps=args.steps, shift=args.shift,
-                               guidance=args.guidance, device=args.device, denoise=args.denoise)
+                               guidance=args.guidance, device=args.device, denoise=args.denoise,
+                               transition=args.sampler)
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             return 1

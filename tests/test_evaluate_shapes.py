@@ -128,6 +128,35 @@ def test_sample_teacher_is_a_guided_euler_ode(random_toy):
     assert len(schedule.uniform_levels(ev.TEACHER_STEPS, shift=ev.TEACHER_SHIFT)) == 31 and ev.TEACHER_GUIDANCE == 3.0
 
 
+def test_sample_teacher_renoise_is_the_students_transition(random_toy):
+    """transition="renoise": clean estimate, then the seed's own fresh noise (NoiseBank step j + 1) to the
+    next level; one step (to sigma 0) is the Euler step, two are not; a bad name is refused."""
+    from hiar import schedule
+    from hiar.checkpoint import load_model
+    from hiar.sampling import NoiseBank
+
+    model = load_model(random_toy).eval()
+    text = torch.randn(2, 4, 64)
+    kw = dict(num_frames=3, guidance=3.0)
+    one = [ev.sample_teacher(model, text, [3, 4], (3, 32, 32), steps=1, transition=tr, **kw) for tr in ("euler", "renoise")]
+    torch.testing.assert_close(one[0], one[1], rtol=1e-5, atol=1e-5)
+    x = ev.sample_teacher(model, text, [3, 4], (3, 32, 32), steps=2, transition="renoise", **kw)
+    assert not torch.allclose(x, ev.sample_teacher(model, text, [3, 4], (3, 32, 32), steps=2, **kw), atol=1e-3)
+    bank = NoiseBank([3, 4], (3, 3, 32, 32))
+    s0, s1, _ = (float(s) for s in schedule.uniform_levels(2, shift=ev.TEACHER_SHIFT))
+    with torch.no_grad():
+        def guided(z, sigma):
+            t = torch.full((2,), schedule.timestep(sigma))
+            vc, vu = model(z, t, text), model(z, t, torch.zeros_like(text))
+            return vu + 3.0 * (vc - vu)
+        z = bank(0, 0)
+        z = schedule.renoise(z - s0 * guided(z, s0), bank(0, 1), s1)
+        expected = z - s1 * guided(z, s1)
+    torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="transition must be euler or renoise, got 'ddim'"):
+        ev.sample_teacher(model, text, [3, 4], (3, 32, 32), steps=1, transition="ddim", **kw)
+
+
 def test_model_argument_parsing(random_toy):
     e = ev.parse_model_arg(f"mine={random_toy}:causvid")
     assert (e.label, e.path, e.method, e.kind) == ("mine", str(random_toy), "causvid", "student")
