@@ -18,7 +18,9 @@ score's rule), which gives:
 
 A model whose fill ratios do not depend on the asked shape has not learnt shapes, however good its colours.
 ``--denoise SIGMA`` scores the model's one-step clean estimate of the real clips noised to SIGMA
-instead: whether it keeps a shape it can see (and is told).
+instead: whether it keeps a shape it can see (and is told). ``--shape-words`` asks one-object prompts
+as each shape with the same seeds: the shape word alone, with no colour-to-shape binding to learn.
+``--sampler renoise`` samples with the students' stochastic transition instead of the ODE.
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ def confusion(videos: np.ndarray, specs: list, scorer) -> dict:
             "missing": missing / max(asked, 1), **{k: float(np.mean(v)) for k, v in parts.items()}}
 
 
+def one_object_specs(world, n: int, shape: str) -> list:
+    """The first object of each of the first ``n`` held-out specs, alone on its background, as ``shape``."""
+    import dataclasses
+
+    out = []
+    for i in range(n):
+        spec = world.sample_spec((PROMPT_SEED, i))
+        out.append(dataclasses.replace(spec, objects=(dataclasses.replace(spec.objects[0], shape=shape),)))
+    return out
+
+
+def shape_word_effect(source: str, world, scorer, n: int, frames: int, **sampling) -> dict:
+    """One-object prompts (no colour-to-shape binding to learn): ``n`` objects, each asked as a circle, a
+    square and a triangle with the same seeds (a model) or drawn as each (``real``); their confusion."""
+    specs = [spec for shape in SHAPES for spec in one_object_specs(world, n, shape)]
+    videos = np.concatenate([videos_of(source, world, one_object_specs(world, n, shape), frames, **sampling)
+                             for shape in SHAPES])
+    return confusion(videos, specs, scorer)
+
+
 def table(rows: dict[str, dict]) -> str:
     lines = [f"{'model':44s} {'accuracy':>8s} {'fill c/s/t':>17s} {'missing':>7s} {'semantic':>8s} "
              f"{'colour':>6s} {'shape':>6s} {'count':>6s}  confusion (rows asked c/s/t)"]
@@ -124,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--denoise", type=float, default=None, metavar="SIGMA",
                    help="score the model's one-step clean estimate of the real clips noised to SIGMA instead of samples "
                         "(does it keep a shape it can see?)")
+    p.add_argument("--shape-words", action="store_true",
+                   help="instead: --prompts one-object prompts, each asked as every shape with the same seeds "
+                        "(the shape word alone, no binding of shapes to colours)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.frames < 3:
@@ -137,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     specs = [world.sample_spec((PROMPT_SEED, i)) for i in range(args.prompts)]
     rows = {}
     for source in args.models:
+        sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, device=args.device,
+                        denoise=args.denoise, transition=args.sampler)
         try:
-            videos = videos_of(source, world, specs, args.frames, steps=args.steps, shift=args.shift,
-                               guidance=args.guidance, device=args.device, denoise=args.denoise,
-                               transition=args.sampler)
+            if args.shape_words:
+                rows[source] = shape_word_effect(source, world, scorer, args.prompts, args.frames, **sampling)
+            else:
+                rows[source] = confusion(videos_of(source, world, specs, args.frames, **sampling), specs, scorer)
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             return 1
-        rows[source] = confusion(videos, specs, scorer)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "models": rows}, indent=1) + "\n")

@@ -61,3 +61,16 @@ def test_the_teachers_clean_estimate_of_noised_real_clips_is_close_to_them():
     # (a wrong sign or level would leave it farther off than the input)
     estimate = sc.videos_of(teacher, WORLD, s, 3, steps=0, shift=1.0, guidance=0.0, denoise=0.3)
     assert np.abs(estimate.astype(float) - clips).mean() < 20
+
+
+def test_shape_words_asks_one_object_as_every_shape():
+    per_shape = [sc.one_object_specs(WORLD, 4, shape) for shape in sc.SHAPES]
+    for i in range(4):
+        objs = [specs[i].objects for specs in per_shape]
+        assert all(len(o) == 1 for o in objs)
+        assert [o[0].shape for o in objs] == list(sc.SHAPES)
+        assert len({dataclasses.replace(o[0], shape="circle") for o in objs}) == 1  # nothing else differs
+    r = sc.shape_word_effect("real", WORLD, SCORER, 6, 3, steps=0, shift=1.0, guidance=0.0)
+    assert np.array(r["confusion"]).sum(axis=1).tolist() == [18, 18, 18]  # 6 objects x 3 frames per asked shape
+    assert r["accuracy"] > 0.9
+    assert r["fill_mean"]["square"] > r["fill_mean"]["circle"] > r["fill_mean"]["triangle"]
