@@ -51,9 +51,9 @@ class WanConfig:
     rope_theta: float = 10000.0
     # What the network's last layer outputs; forward() always returns a velocity. "velocity" is Wan's.
     # "sample" (x-prediction, Li & He 2025, "Back to Basics"): the head outputs the clean sample x0 and
-    # forward returns (x - x0) / sigma - for wide patches (a 4x4 RGB patch is 48 numbers against a
-    # width of 128), where copying the input's noise through the network to predict a velocity
-    # costs the capacity the shapes need.
+    # forward returns (x - x0) / sigma. For wide patches (a 4x4 RGB patch is 48 numbers against the
+    # toy's width of 128): predicting a velocity means copying the input's noise through the network,
+    # and the toy's clean estimates at high noise came out speckled with it (docs/training.md).
     prediction: str = "velocity"
 
     def __post_init__(self):
