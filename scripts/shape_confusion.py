@@ -105,20 +105,16 @@ def one_object_specs(world, n: int, shape: str) -> list:
     """The first object of each of the first ``n`` held-out specs, alone on its background, as ``shape``."""
     import dataclasses
 
-    out = []
-    for i in range(n):
-        spec = world.sample_spec((PROMPT_SEED, i))
-        out.append(dataclasses.replace(spec, objects=(dataclasses.replace(spec.objects[0], shape=shape),)))
-    return out
+    return [dataclasses.replace(spec, objects=(dataclasses.replace(spec.objects[0], shape=shape),))
+            for spec in ev.held_out_specs(world, n)]
 
 
 def shape_word_effect(source: str, world, scorer, n: int, frames: int, **sampling) -> dict:
     """One-object prompts (no colour-to-shape binding to learn): ``n`` objects, each asked as a circle, a
     square and a triangle with the same seeds (a model) or drawn as each (``real``); their confusion."""
-    specs = [spec for shape in SHAPES for spec in one_object_specs(world, n, shape)]
-    videos = np.concatenate([videos_of(source, world, one_object_specs(world, n, shape), frames, **sampling)
-                             for shape in SHAPES])
-    return confusion(videos, specs, scorer)
+    per_shape = [one_object_specs(world, n, shape) for shape in SHAPES]
+    videos = np.concatenate([videos_of(source, world, specs, frames, **sampling) for specs in per_shape])
+    return confusion(videos, [spec for specs in per_shape for spec in specs], scorer)
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -159,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
     world = default_world()
     scorer = ShapesScorer(world)
-    specs = [world.sample_spec((PROMPT_SEED, i)) for i in range(args.prompts)]
+    specs = ev.held_out_specs(world, args.prompts)
+    sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, device=args.device,
+                    denoise=args.denoise, transition=args.sampler)
     rows = {}
     for source in args.models:
-        sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, device=args.device,
-                        denoise=args.denoise, transition=args.sampler)
         try:
             if args.shape_words:
                 rows[source] = shape_word_effect(source, world, scorer, args.prompts, args.frames, **sampling)
