@@ -109,12 +109,17 @@ def one_object_specs(world, n: int, shape: str) -> list:
             for spec in ev.held_out_specs(world, n)]
 
 
-def shape_word_effect(source: str, world, scorer, n: int, frames: int, **sampling) -> dict:
+def shape_word_effect(source: str, world, scorer, n: int, frames: int, sheet_rows: dict | None = None,
+                      **sampling) -> dict:
     """One-object prompts (no colour-to-shape binding to learn): ``n`` objects, each asked as a circle, a
-    square and a triangle with the same seeds (a model) or drawn as each (``real``); their confusion."""
+    square and a triangle with the same seeds (a model) or drawn as each (``real``); their confusion.
+    ``sheet_rows``: filled with ``"<source> <shape>"`` -> the middle frame of each of the ``n`` videos."""
     per_shape = [one_object_specs(world, n, shape) for shape in SHAPES]
-    videos = np.concatenate([videos_of(source, world, specs, frames, **sampling) for specs in per_shape])
-    return confusion(videos, [spec for specs in per_shape for spec in specs], scorer)
+    videos = [videos_of(source, world, specs, frames, **sampling) for specs in per_shape]
+    if sheet_rows is not None:
+        for shape, v in zip(SHAPES, videos):
+            sheet_rows[f"{Path(source).name} {shape}"] = v[:, frames // 2]
+    return confusion(np.concatenate(videos), [spec for specs in per_shape for spec in specs], scorer)
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -145,10 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape-words", action="store_true",
                    help="instead: --prompts one-object prompts, each asked as every shape with the same seeds "
                         "(the shape word alone, no binding of shapes to colours)")
+    p.add_argument("--sheet", default=None, metavar="PNG",
+                   help="with --shape-words: a picture of what was drawn, a row per model and asked shape, a column "
+                        "per object (its middle frame; the same seed down each column)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.frames < 3:
         print("shape_confusion: --prompts must be >= 1 and --frames >= 3 (motion needs 3 frames)", file=sys.stderr)
+        return 2
+    if args.sheet and not args.shape_words:
+        print("shape_confusion: --sheet needs --shape-words (it pictures the one-object prompts)", file=sys.stderr)
         return 2
     from hiar.eval.shapes_scores import ShapesScorer
     from hiar.world.shapes import default_world
@@ -158,17 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     specs = ev.held_out_specs(world, args.prompts)
     sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, device=args.device,
                     denoise=args.denoise, transition=args.sampler)
-    rows = {}
+    rows, sheet_rows = {}, {}
     for source in args.models:
         try:
             if args.shape_words:
-                rows[source] = shape_word_effect(source, world, scorer, args.prompts, args.frames, **sampling)
+                rows[source] = shape_word_effect(source, world, scorer, args.prompts, args.frames, sheet_rows, **sampling)
             else:
                 rows[source] = confusion(videos_of(source, world, specs, args.frames, **sampling), specs, scorer)
         except FileNotFoundError as err:
             print(err, file=sys.stderr)
             return 1
     print(table(rows))
+    if args.sheet:
+        from hiar.video import contact_sheet
+
+        contact_sheet(sheet_rows, args.sheet, columns=args.prompts, cell=64, column_label="#",
+                      title="one-object prompts asked as each shape (same seed down a column)")
+        print(f"sheet: {args.sheet}")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "models": rows}, indent=1) + "\n")
     return 0

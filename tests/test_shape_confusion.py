@@ -74,3 +74,22 @@ def test_shape_words_asks_one_object_as_every_shape():
     assert np.array(r["confusion"]).sum(axis=1).tolist() == [18, 18, 18]  # 6 objects x 3 frames per asked shape
     assert r["accuracy"] > 0.9
     assert r["fill_mean"]["square"] > r["fill_mean"]["circle"] > r["fill_mean"]["triangle"]
+
+
+def test_shape_words_sheet_pictures_each_asked_shape(tmp_path):
+    rows = {}
+    sc.shape_word_effect("real", WORLD, SCORER, 3, 3, rows, steps=0, shift=1.0, guidance=0.0)
+    assert list(rows) == [f"real {s}" for s in sc.SHAPES]
+    per_shape = [sc.one_object_specs(WORLD, 3, shape) for shape in sc.SHAPES]
+    for shape, specs in zip(sc.SHAPES, per_shape):  # the middle frame of each object's clip, in order
+        np.testing.assert_array_equal(rows[f"real {shape}"], sc.ev.real_clips(WORLD, specs, 3)[:, 1])
+    out = tmp_path / "words.png"
+    assert sc.main(["real", "--prompts", "2", "--frames", "3", "--shape-words", "--sheet", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[1] > 3 * 64  # three rows of 64-pixel cells
+
+
+def test_sheet_needs_shape_words(capsys):
+    assert sc.main(["real", "--sheet", "x.png"]) == 2
+    assert "--sheet needs --shape-words" in capsys.readouterr().err

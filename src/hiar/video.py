@@ -384,9 +384,10 @@ def resize_to(frames: np.ndarray, size: tuple[int, int], what: object = "video")
 
 # --------------------------------------------------------------------------------- contact sheet
 def contact_sheet(videos: dict[str, object], path: str | os.PathLike, columns: int = 8, cell: int = 96,
-                  title: str | None = None) -> Path:
+                  title: str | None = None, column_label: str = "t=") -> Path:
     """A labelled PNG: one row per video, ``columns`` frames sampled evenly over time (first and
-    last included), each cell ``cell`` pixels high (nearest-neighbour), frame indices on top."""
+    last included), each cell ``cell`` pixels high (nearest-neighbour), ``column_label`` + the frame
+    index on top (a row of stills, not a video: e.g. ``"#"``)."""
     from PIL import Image, ImageDraw
 
     if not videos:
@@ -411,7 +412,7 @@ def contact_sheet(videos: dict[str, object], path: str | os.PathLike, columns: i
             img = Image.fromarray(frames[i]).resize((int(round(cell * frames.shape[2] / frames.shape[1])), cell), Image.NEAREST)
             x = label_w + c * (cw + 4)
             sheet.paste(img, (x, y + 14))
-            draw.text((x, y), f"t={i}", fill=(90, 90, 90), font=font)
+            draw.text((x, y), f"{column_label}{i}", fill=(90, 90, 90), font=font)
     path = Path(path)
     sheet.save(path)
     return path
