@@ -73,6 +73,8 @@ def test_cli_train_with_overrides(tmp_path, capsys):
     assert main(["train", str(config), "--set", "steps=3", "--overwrite"]) == 0
     log = [json.loads(x) for x in (tmp_path / "cli/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # started over
+    assert main(["train", str(config), "--set", "steps=5", "--set", "max_seconds=0"]) == 0
+    assert "teacher stopped by max_seconds at step 4/5" in capsys.readouterr().out
 
 
 def test_the_shapes_recipe_chains_its_stages():

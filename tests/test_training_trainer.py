@@ -145,3 +145,23 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("steps: 3\n")
     with pytest.raises(ConfigError, match="stage"):
         load_stage_config(bad)
+
+
+def test_max_seconds_checkpoints_exports_and_a_second_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    summary = run_stage(teacher_cfg(out, max_seconds=0))  # spent after the first step
+    assert summary["end_step"] == 1 and summary["stopped"]["event"] == "time_limit"
+    assert (out / "checkpoints" / "step-0000001").is_dir()  # off the checkpoint_every grid, written anyway
+    assert (out / "model.safetensors").is_file()  # exported as it stands
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"event": "time_limit", "step": 1, "steps": 4, "max_seconds": 0} in events
+    summary = run_stage(teacher_cfg(out))  # no limit: resumes at 1, trains to 4
+    assert summary["start_step"] == 1 and summary["end_step"] == 4 and "stopped" not in summary
+    run_stage(teacher_cfg(tmp_path / "straight"))
+    assert_same_checkpoint(out / "checkpoints" / "step-0000004", tmp_path / "straight" / "checkpoints" / "step-0000004",
+                           ["model", "model_ema"])
+
+
+def test_max_seconds_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigError, match="max_seconds"):
+        teacher_cfg(tmp_path, max_seconds=-1)

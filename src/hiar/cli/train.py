@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     last = summary.get("last") or {}
     losses = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time") and isinstance(v, float))
-    print(f"hiar train: {summary['stage']} finished at step {summary['end_step']}/{summary['steps']}"
+    how = "stopped by max_seconds" if "stopped" in summary else "finished"
+    print(f"hiar train: {summary['stage']} {how} at step {summary['end_step']}/{summary['steps']}"
           f" -> {cfg.output_dir}" + (f" ({losses})" if losses else ""))
     return 0
 

@@ -163,11 +163,16 @@ class TrainConfig(RunConfig):
     keep_checkpoints: int = 2
     ema_decay: float | None = None  # None: no EMA
     ema_start: int = 0
+    # Wall-clock budget of this run (seconds of training steps): when spent, the trainer checkpoints,
+    # exports the model as it stands and stops before ``steps``; running again continues. None: no limit.
+    max_seconds: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
         if self.steps < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("steps, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.max_seconds is not None and self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0 (or null for no limit), got {self.max_seconds}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

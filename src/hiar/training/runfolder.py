@@ -35,7 +35,7 @@ ATOMIC_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # hiar.checkpoint._ato
 # Config keys that may differ on resume without --accept-config-changes: they change how the run is
 # watched or where it is kept, not what it computes (``steps``: extending a run is a normal thing).
 FREE_KEYS = ("steps", "progress", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints", "output_dir",
-             "device")
+             "device", "max_seconds")
 
 
 class RunFolderError(RuntimeError):

@@ -631,11 +631,22 @@ class Trainer:
         return {n: float(v) / self.world_size for n, v in zip(names, t)}
 
     # -- the loop -------------------------------------------------------------------------------
+    def _time_is_up(self, since: float) -> bool:
+        """Whether ``max_seconds`` has passed since ``since``; all ranks agree (the slowest clock counts)."""
+        limit = getattr(self.cfg, "max_seconds", None)
+        if limit is None:
+            return False
+        up = torch.tensor([float(time.perf_counter() - since >= limit)], device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(up, op=dist.ReduceOp.MAX)
+        return bool(up.item())
+
     def _loop(self, start: int, total: int, bar, summary: dict) -> None:
         stage = self.stage
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t_interval, n_interval = time.perf_counter(), 0
+        t_start = t_interval
         for step in range(start, total):
             losses = self._reduce(stage.step(step))
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
@@ -662,6 +673,15 @@ class Trainer:
                 sums, counts, t_interval, n_interval = {}, {}, now, 0
             if not stage.stateless and (done % self.cfg.checkpoint_every == 0 or done == total):
                 self.save_checkpoint(done)
+            if done < total and self._time_is_up(t_start):
+                if done % self.cfg.checkpoint_every:
+                    self.save_checkpoint(done)
+                record = {"event": "time_limit", "step": done, "steps": total, "max_seconds": self.cfg.max_seconds}
+                self.log(record)
+                summary["stopped"] = record
+                self._note(f"max_seconds={self.cfg.max_seconds:g} spent at step {done}/{total}: checkpointed, "
+                           f"exporting the model as it stands; run again to continue")
+                break
 
     def run(self) -> dict:
         """Set up, resume, train to ``total_steps``, export. Returns a summary."""
