@@ -5,6 +5,10 @@
 # Every stage resumes from its last checkpoint and a finished one is skipped in seconds, so running
 # this again after an interruption continues where it stopped.
 # Usage: bash scripts/train_shapes_bundle.sh [STAGE ...]   (default: all; OUT=runs/shapes to move the runs)
+#   DEVICE=cuda          every stage's device (default: the configs' auto);
+#   ARGS_<stage>="..."   more arguments for one stage, e.g. the patch-2 model (docs/training.md):
+#                        ARGS_teacher_short="--set model.preset=toy-p2 --set batch_size=128 --set optimizer.lr=2e-3"
+#   PARALLEL_DMD=1       the DMD stages side by side (a GPU has room for all three; each logs to OUT/<stage>.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HIAR=${HIAR:-.venv/bin/hiar}
@@ -33,10 +37,24 @@ bundle_name() {
   esac
 }
 
-for stage in $STAGES; do
-  echo "== $stage ($(date +%H:%M:%S))"
-  $HIAR train configs/shapes/$stage.yaml --set output_dir=$OUT/$stage --set progress=false $(paths $stage)
+run_stage() {
+  local stage=$1 extra
+  extra=$(eval echo "\${ARGS_$stage:-}")
+  $HIAR train configs/shapes/$stage.yaml --set output_dir=$OUT/$stage --set progress=false \
+      ${DEVICE:+--set device=$DEVICE} $(paths $stage) $extra
   name=$(bundle_name $stage)
   if [ -n "$name" ]; then $PY scripts/bundle_model.py $OUT/$stage $name; fi
+}
+
+pids=()
+for stage in $STAGES; do
+  echo "== $stage ($(date +%H:%M:%S))"
+  if [ "${PARALLEL_DMD:-0}" = 1 ] && [[ $stage == dmd_* ]]; then
+    mkdir -p $OUT; run_stage $stage > $OUT/$stage.log 2>&1 &
+    pids+=($!)
+  else
+    run_stage $stage
+  fi
 done
+for pid in "${pids[@]}"; do wait $pid; done  # set -e: a failed DMD stage fails the script
 echo "== done ($(date +%H:%M:%S)); bundled: $(ls src/hiar/assets/*.safetensors 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"

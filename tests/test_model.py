@@ -493,3 +493,16 @@ def test_prediction_validation():
         M.get_config("tiny", prediction="eps")
     with pytest.raises(ValueError, match="needs out_dim == in_dim"):
         M.get_config("tiny", prediction="sample", out_dim=2)
+
+
+def test_toy_p2_preset_is_the_architecture_of_the_committed_patch_2_teacher():
+    from pathlib import Path
+
+    from hiar.checkpoint import load_model
+
+    path = Path(__file__).resolve().parents[1] / "results/experiments/gpu-sweep-p2/teacher-short-p2-l8.safetensors"
+    assert load_model(path).cfg == M.get_config("toy-p2")
+    cfg = M.get_config("toy-p2")
+    assert cfg.patch_size == (1, 2, 2) and cfg.num_layers == 8
+    assert {k: v for k, v in vars(cfg).items() if k not in ("patch_size", "num_layers")} == \
+        {k: v for k, v in vars(M.get_config("toy")).items() if k not in ("patch_size", "num_layers")}
