@@ -1,4 +1,4 @@
-"""Seconds per step and memory peak of every training stage of the shapes recipe (toy preset).
+"""Seconds per step and memory peak of every training stage of the shapes recipe (toy preset, or ``--preset``).
 
     python benchmarks/training.py                 # CPU (or --device cuda), all stages
     python benchmarks/training.py --stages teacher dmd_hiar --steps 3 --json out.json
@@ -40,15 +40,15 @@ RECIPE_ORDER = ["teacher_short", "teacher", "trajectories", "ode_init", "dmd_hia
 DTYPES = ["float32", "bfloat16"]
 
 
-def prepare(work: Path) -> None:
-    """A random toy teacher (its head made non-zero) and a random trajectory set of the recipe's shape."""
+def prepare(work: Path, preset: str = "toy") -> None:
+    """A random teacher of ``preset`` (its head made non-zero) and a random trajectory set of the recipe's shape."""
     from hiar.checkpoint import save_model
     from hiar.model import build_model
     from hiar.training import load_stage_config
     from hiar.training.trajectories import shard_name, write_manifest, write_shard
 
     torch.manual_seed(0)
-    model = build_model("toy")
+    model = build_model(preset)
     with torch.no_grad():
         model.head.head.weight.normal_(0, 0.02)
     save_model(model, work / "teacher.safetensors")
@@ -152,6 +152,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per stage (default: torch's)")
     p.add_argument("--dtypes", nargs="*", default=DTYPES, choices=DTYPES,
                    help="time every stage in each (default: both, side by side); the recipe total uses each config's own")
+    p.add_argument("--preset", default="toy", help="the model every stage trains (a hiar.model preset; the recipe's is toy)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -165,7 +166,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="hiar-bench-train-") as tmp:
         work = Path(tmp)
-        prepare(work)
+        prepare(work, args.preset)
         results = []
         for stage in args.stages:
             for dtype in args.dtypes:
@@ -183,7 +184,7 @@ def main() -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''} of {os.cpu_count()} cores"
-    print(f"\nTraining step times, toy preset, shapes recipe configs ({name}; torch {torch.__version__})\n")
+    print(f"\nTraining step times, {args.preset} preset, shapes recipe configs ({name}; torch {torch.__version__})\n")
     cols = " | ".join(f"{d} s/step" for d in args.dtypes)
     print(f"| stage | batch/proc | {cols} | recipe dtype | recipe steps | recipe time | peak memory |")
     print("|---|---:|" + "---:|" * len(args.dtypes) + "---|---:|---:|---:|")
@@ -214,7 +215,8 @@ def main() -> int:
     else:
         print(f"\n(recipe total needs every stage of {RECIPE_ORDER} timed in its config's dtype)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "results": results, "recipe_seconds": recipe_s}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": name, "preset": args.preset, "results": results,
+                                               "recipe_seconds": recipe_s}, indent=2))
     return 0
 
 

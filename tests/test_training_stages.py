@@ -177,3 +177,19 @@ def test_a_negative_prompt_the_encoder_refuses_names_the_setting(tmp_path):
                                      negative_prompt="blurry, low quality"))
     with pytest.raises(ValueError, match=r"negative_prompt: unknown words 'blurry'"):
         run_stage(cfg)
+
+
+def test_shapes_batch_is_its_items_clips_and_prompts():
+    from hiar.training.configs import DataSection
+    from hiar.training.data import ShapesSource
+    from hiar.world.shapes import ShapesDataset
+
+    source = ShapesSource(DataSection(num_frames=3, seed=5), text_dim=64, text_len=16)
+    idx = [7, 3, 12]
+    x, text, prompts = source.batch(idx)
+    ds = ShapesDataset(num_frames=3, seed=5)
+    assert prompts == [ds.clip(i)[1] for i in idx] == [source.prompt(i) for i in idx]
+    assert torch.equal(x, torch.stack([ds.clip(i)[0] for i in idx]))
+    assert torch.equal(text, source.text(prompts))
+    none, text_only, same = source.batch(idx, clips=False)
+    assert none is None and same == prompts and torch.equal(text_only, text)

@@ -89,6 +89,13 @@ class ShapesSource(ClipSource):
     def text(self, prompts: list[str]) -> torch.Tensor:
         return self.encoder.encode(prompts)
 
+    def batch(self, indices: list[int], *, clips: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+        if not clips:
+            return super().batch(indices, clips=False)
+        items = [self.dataset.clip(i) for i in indices]  # each spec drawn once, for its clip and its prompt
+        prompts = [prompt for _, prompt in items]
+        return torch.stack([frames for frames, _ in items]), self.text(prompts), prompts
+
 
 class PromptSource(ClipSource):
     """Prompts from a text file (cycled), encoded by umT5; no clips."""
