@@ -66,7 +66,8 @@ def prepare(work: Path, preset: str = "toy") -> None:
 def overrides(stage: str, work: Path, device: str, steps: int, dtype: str) -> dict:
     teacher = str(work / "teacher.safetensors")
     o = {"output_dir": str(work / "out" / f"{stage}-{dtype}"), "device": device, "dtype": dtype, "steps": steps, "log_every": 1,
-         "checkpoint_every": 10**6, "progress": False, "tensorboard": False, "model.checkpoint": teacher}
+         "checkpoint_every": 10**6, "progress": False, "tensorboard": False, "model.checkpoint": teacher,
+         "model.preset": None}  # the checkpoint's architecture (teacher_short.yaml names the toy preset)
     if stage == "ode_init":
         o["trajectories"] = str(work / "trajectories")
     if stage.startswith("dmd"):

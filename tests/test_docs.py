@@ -99,6 +99,8 @@ def check_script(argv: list[str], where: str) -> None:
 def check_command(command: str, where: str) -> str:
     """Check one command; returns how it was checked (or fails)."""
     argv = shlex.split(command)
+    while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0], re.S):  # leading VAR=value settings
+        argv = argv[1:]
     exe = Path(argv[0]).name
     if exe == "hiar":
         check_hiar(argv[1:], where)
