@@ -165,3 +165,33 @@ def test_max_seconds_checkpoints_exports_and_a_second_run_finishes(tmp_path):
 def test_max_seconds_must_not_be_negative(tmp_path):
     with pytest.raises(ConfigError, match="max_seconds"):
         teacher_cfg(tmp_path, max_seconds=-1)
+
+
+def test_data_workers_render_ahead_the_same_batches_and_the_same_training(tmp_path):
+    from hiar.training.configs import DataSection
+    from hiar.training.data import PrefetchingSource, ShapesSource, rank_indices
+
+    cfg = DataSection(num_frames=3, seed=3, shapes={"height": 16, "width": 16}, workers=2)
+    ahead, plain = PrefetchingSource(cfg, 64, 16), ShapesSource(cfg, 64, 16)
+    steps = [0, 1, 2, 3, 7, 8, 9]  # a jump, as a resumed run makes
+    for step in steps:
+        idx = rank_indices(step, 5, rank=1, world_size=2)
+        for a, b in zip(ahead.batch(idx), plain.batch(idx)):
+            assert a == b if isinstance(a, list) else torch.equal(a, b)
+    assert set(ahead.ahead) == {tuple(rank_indices(s, 5, 1, 2)) for s in (10, 11)}  # started, 2 steps ahead
+    none, text, prompts = ahead.batch(idx, clips=False)
+    assert none is None and prompts == plain.batch(idx)[2]
+    # a whole run: the same weights with and without workers
+    data = {"num_frames": 6, "shapes": {"height": 8, "width": 8}}
+    run_stage(teacher_cfg(tmp_path / "plain", data=data))
+    run_stage(teacher_cfg(tmp_path / "workers", data={**data, "workers": 2}))
+    assert_same_checkpoint(tmp_path / "plain" / "checkpoints" / "step-0000004",
+                           tmp_path / "workers" / "checkpoints" / "step-0000004", ["model", "model_ema"])
+
+
+def test_data_workers_are_for_the_shapes_world(tmp_path):
+    with pytest.raises(ConfigError, match="data.workers"):
+        stage_config("ode_init", common(tmp_path, model=TINY, data={"kind": "trajectories", "trajectories": "x",
+                                                                    "workers": 1}))
+    with pytest.raises(ConfigError, match="data.workers must be >= 0"):
+        teacher_cfg(tmp_path, data={"workers": -1})

@@ -58,10 +58,17 @@ class DataSection:
     text_encoder: str | None = None
     latent_shape: tuple[int, int, int] | None = None  # (C, H, W) for kind=prompts, e.g. Wan 480p: [16, 60, 104]
     trajectories: str | None = None
+    # Processes that render the shapes world's next batches while the model trains on this one (a GPU
+    # run is otherwise held up by the CPU-side rendering); 0: render in the training process.
+    workers: int = 0
 
     def __post_init__(self):
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0, got {self.workers}")
+        if self.workers and self.kind != "shapes":
+            raise ValueError(f"data.workers renders the shapes world ahead; data.kind={self.kind} has nothing to render")
         if self.kind == "prompts" and (self.prompts_file is None or self.text_encoder is None or self.latent_shape is None):
             raise ValueError("data.kind=prompts needs prompts_file, text_encoder and latent_shape")
         if self.kind == "trajectories" and self.trajectories is None:

@@ -163,9 +163,84 @@ class TrajectorySource(ClipSource):
         return super().unconditional_text(batch_size)
 
 
+_WORKER_SOURCE: ShapesSource | None = None  # the source of a PrefetchingSource's worker process
+
+
+def _start_worker(cfg: DataSection, text_dim: int, text_len: int) -> None:
+    import signal
+
+    global _WORKER_SOURCE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle, not each worker's
+    torch.set_num_threads(1)
+    _WORKER_SOURCE = ShapesSource(cfg, text_dim, text_len)
+
+
+def _worker_batch(indices: list[int]):
+    return _WORKER_SOURCE.batch(indices)
+
+
+class PrefetchingSource(ClipSource):
+    """A :class:`ShapesSource` whose next batches are rendered ahead in ``workers`` processes.
+
+    Its batches are the source's own (an item depends only on its index): a batch that was not started
+    ahead is made here. After each batch it starts the next ``depth``, stepping by the distance between
+    the last two batches' first indices (the trainer's batches step by batch size x processes).
+    """
+
+    def __init__(self, cfg: DataSection, text_dim: int, text_len: int, depth: int = 2):
+        import multiprocessing
+        import weakref
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.source = ShapesSource(cfg, text_dim, text_len)
+        self.latent_shape, self.num_frames, self.encoder = self.source.latent_shape, cfg.num_frames, self.source.encoder
+        self.workers, self.depth = cfg.workers, depth
+        # spawn: the trainer may hold a CUDA context, which a forked child must not inherit
+        self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker, initargs=(cfg, text_dim, text_len))
+        weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
+        self.ahead: dict[tuple[int, ...], list] = {}
+        self.last_first: int | None = None
+
+    def prompt(self, index: int) -> str:
+        return self.source.prompt(index)
+
+    def clip(self, index: int) -> torch.Tensor:
+        return self.source.clip(index)
+
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        return self.source.text(prompts)
+
+    def batch(self, indices: list[int], *, clips: bool = True):
+        if not clips or not indices:
+            return self.source.batch(indices, clips=clips)
+        futures = self.ahead.pop(tuple(indices), None)
+        if futures is None:
+            result = self.source.batch(indices)
+        else:
+            parts = [f.result() for f in futures]
+            result = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), sum((p[2] for p in parts), []))
+        self._start_next(indices)
+        return result
+
+    def _start_next(self, indices: list[int]) -> None:
+        first, last = indices[0], self.last_first
+        self.last_first = first
+        stride = first - last if last is not None else 0
+        wanted = [tuple(i + k * stride for i in indices) for k in range(1, self.depth + 1)] if stride > 0 else []
+        for key in [k for k in self.ahead if k not in wanted]:  # after a jump: not coming any more
+            for f in self.ahead.pop(key):
+                f.cancel()
+        chunk = -(-len(indices) // self.workers)
+        for key in wanted:
+            if key not in self.ahead:
+                self.ahead[key] = [self.pool.submit(_worker_batch, list(key[j:j + chunk]))
+                                   for j in range(0, len(key), chunk)]
+
+
 def make_source(cfg: DataSection, *, text_dim: int, text_len: int, device=None) -> ClipSource:
     if cfg.kind == "shapes":
-        return ShapesSource(cfg, text_dim, text_len)
+        return PrefetchingSource(cfg, text_dim, text_len) if cfg.workers else ShapesSource(cfg, text_dim, text_len)
     if cfg.kind == "prompts":
         return PromptSource(cfg, device)
     return TrajectorySource(cfg)
