@@ -12,7 +12,8 @@ from tests.training_helpers import TINY, common, ddp_rank, dmd_config, free_port
 def runs(root, out, batch):
     teacher = common(out / "teacher", model=TINY, steps=2, batch_size=batch, optimizer={"lr": 1e-3}, prompt_dropout=0.5)
     dmd = dmd_config(root, out / "dmd", batch_size=batch, steps=2)
-    return [("teacher", teacher), ("dmd", dmd)]
+    timed = common(out / "timed", model=TINY, steps=3, batch_size=batch, optimizer={"lr": 1e-3}, max_seconds=0)
+    return [("teacher", teacher), ("dmd", dmd), ("teacher", timed)]
 
 
 def assert_close(a, b):
@@ -27,8 +28,11 @@ def test_two_gloo_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     for stage, cfg in runs(root, tmp_path / "single", 2):
         run_stage(stage_config(stage, cfg))
     mp.spawn(ddp_rank, args=(2, free_port(), runs(root, tmp_path / "ddp", 1)), nprocs=2, join=True)
-    for name in ("teacher/model.safetensors", "dmd/model.safetensors", "dmd/model_raw.safetensors", "dmd/critic.safetensors"):
+    for name in ("teacher/model.safetensors", "dmd/model.safetensors", "dmd/model_raw.safetensors", "dmd/critic.safetensors",
+                 "timed/model.safetensors"):
         assert_close(tmp_path / "single" / name, tmp_path / "ddp" / name)
+    # max_seconds: the ranks agree to stop after the same step (else the next all-reduce would hang)
+    assert '"event": "time_limit", "step": 1' in (tmp_path / "ddp" / "timed" / "log.jsonl").read_text()
     # and the processes did train: the weights moved away from the starting point
     start, end = weights(root / "teacher/model.safetensors"), weights(tmp_path / "ddp/dmd/model_raw.safetensors")
     assert any(not torch.equal(start[k], end[k]) for k in start)

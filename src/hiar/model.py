@@ -88,7 +88,7 @@ PRESETS: dict[str, WanConfig] = {
                      patch_size=(1, 4, 4), text_dim=64, text_len=16, freq_dim=64),
     # The same world at patch 2x2 and 8 layers: the first size seen to draw the asked shapes (a 4x4
     # patch holds a whole 8-pixel shape, and no toy of that patch learnt one; docs/training.md). Four
-    # times the tokens of "toy" and twice the layers: about 25x its training cost, a GPU's work.
+    # times the tokens of "toy" and twice the layers: 12-25x its training step on a CPU, a GPU's work.
     "toy-p2": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=8, in_dim=3, out_dim=3,
                         patch_size=(1, 2, 2), text_dim=64, text_len=16, freq_dim=64),
     # For tests: the smallest model that still has every part.

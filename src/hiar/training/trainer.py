@@ -636,10 +636,12 @@ class Trainer:
         limit = getattr(self.cfg, "max_seconds", None)
         if limit is None:
             return False
-        up = torch.tensor([float(time.perf_counter() - since >= limit)], device=self.device)
-        if self.world_size > 1:
-            dist.all_reduce(up, op=dist.ReduceOp.MAX)
-        return bool(up.item())
+        up = time.perf_counter() - since >= limit
+        if self.world_size == 1:
+            return up
+        flag = torch.tensor([float(up)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _loop(self, start: int, total: int, bar, summary: dict) -> None:
         stage = self.stage
