@@ -179,7 +179,7 @@ def _worker_batch(indices: list[int]):
     return _WORKER_SOURCE.batch(indices)
 
 
-class PrefetchingSource(ClipSource):
+class PrefetchingSource(ShapesSource):
     """A :class:`ShapesSource` whose next batches are rendered ahead in ``workers`` processes.
 
     Its batches are the source's own (an item depends only on its index): a batch that was not started
@@ -192,8 +192,7 @@ class PrefetchingSource(ClipSource):
         import weakref
         from concurrent.futures import ProcessPoolExecutor
 
-        self.source = ShapesSource(cfg, text_dim, text_len)
-        self.latent_shape, self.num_frames, self.encoder = self.source.latent_shape, cfg.num_frames, self.source.encoder
+        super().__init__(cfg, text_dim, text_len)
         self.workers, self.depth = cfg.workers, depth
         # spawn: the trainer may hold a CUDA context, which a forked child must not inherit
         self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -202,21 +201,12 @@ class PrefetchingSource(ClipSource):
         self.ahead: dict[tuple[int, ...], list] = {}
         self.last_first: int | None = None
 
-    def prompt(self, index: int) -> str:
-        return self.source.prompt(index)
-
-    def clip(self, index: int) -> torch.Tensor:
-        return self.source.clip(index)
-
-    def text(self, prompts: list[str]) -> torch.Tensor:
-        return self.source.text(prompts)
-
     def batch(self, indices: list[int], *, clips: bool = True):
         if not clips or not indices:
-            return self.source.batch(indices, clips=clips)
+            return super().batch(indices, clips=clips)
         futures = self.ahead.pop(tuple(indices), None)
         if futures is None:
-            result = self.source.batch(indices)
+            result = super().batch(indices)
         else:
             parts = [f.result() for f in futures]
             result = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), sum((p[2] for p in parts), []))
