@@ -85,7 +85,9 @@ def test_generate_takes_a_prompt_a_script_or_pairs():
     assert torch.equal(pairs, script)
     assert torch.equal(pairs[:, :9], plain[:, :9])  # blocks 0-2; block 3 (frame 9 = 0.5625 s) is the first under BLUE
     assert not torch.equal(pairs, plain)
-    assert report.recache_calls == 4 and report.recache_tokens == 4 * 2 * 3 * 64  # blocks 0, 1 again in each stage
+    _, h, w = world.latent_shape
+    per_frame = (h // model.cfg.patch_size[1]) * (w // model.cfg.patch_size[2])
+    assert report.recache_calls == 4 and report.recache_tokens == 4 * 2 * 3 * per_frame  # blocks 0, 1 again in each stage
     with pytest.raises(ValueError, match="starts with the prompt at 0 s"):
         generate(model, world, [(0.5, BLUE)], num_frames=15, config=cfg, progress=False)
 
@@ -126,8 +128,8 @@ def test_a_bundled_model_follows_a_switch_in_its_per_segment_semantic_score():
         blue.append(scorer.score(video, BLUE).segments["semantic"])
         red.append(scorer.score(video, RED).segments["semantic"])
     (before_blue, after_blue), (before_red, after_red) = np.mean(blue, axis=0), np.mean(red, axis=0)
-    assert after_blue > before_blue + 0.1, (before_blue, after_blue)  # measured: 0.31 -> 0.57
-    assert after_red < before_red - 0.25, (before_red, after_red)  # measured: 0.73 -> 0.32
+    assert after_blue > before_blue + 0.3, (before_blue, after_blue)  # measured: 0.40 -> 0.87
+    assert after_red < before_red - 0.4, (before_red, after_red)  # measured: 1.00 -> 0.39
 
 
 def test_cli_pipelined_switch_reports_the_planned_cost(tmp_path, capsys, toy_checkpoint):
