@@ -226,7 +226,9 @@ def render(results: list[dict], claims: str | None = None, experiments: dict | N
     if experiments:
         lines += ["## Toward the missed targets", "",
                   "Each row changes one thing of the recipe (the folder's `about.txt`; JSON under "
-                  f"`results/{EXPERIMENTS}/`) and is evaluated like the bundled models above; compare with their rows.",
+                  f"`results/{EXPERIMENTS}/`) and is evaluated like the bundled models above; compare with the rows of the "
+                  "models whose recipe it changed (`patch4-models`: the patch-4 recipe, which every row before the "
+                  "patch-2 models changed).",
                   "", *experiment_rows(experiments), ""]
     body = claims.strip() if claims and claims.strip() else \
         "_Not filled yet._ A later script compares the paper's claims with the numbers above and writes " \
