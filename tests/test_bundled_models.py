@@ -48,9 +48,9 @@ def random_scores():
     return scores_of(random_like_bundled(), "hiar")
 
 
-def random_like_bundled():
-    """Random weights of the bundled students' own architecture."""
-    return build_model(read_checkpoint(bundled_model_path("hiar")).config).eval()
+def random_like_bundled(path=None):
+    """Random weights of a bundled model's own architecture (default: the HiAR student's)."""
+    return build_model(read_checkpoint(path or bundled_model_path("hiar")).config).eval()
 
 
 SHIPPED = ("hiar", "self-forcing", "causvid")
@@ -125,7 +125,7 @@ def test_bundled_teacher_draws_the_asked_shape_for_one_object(tmp_path):
     sampling = dict(steps=sc.ev.TEACHER_STEPS, shift=sc.ev.TEACHER_SHIFT, guidance=sc.ev.TEACHER_GUIDANCE)
     teacher = bundled_checkpoint("shapes-teacher")
     torch.manual_seed(0)
-    random = save_model(build_model(read_checkpoint(teacher).config), tmp_path / "random.safetensors")
+    random = save_model(random_like_bundled(teacher), tmp_path / "random.safetensors")
     trained = sc.shape_word_effect(str(teacher), world, scorer, 3, 3, **sampling)
     # random weights draw no object at all (their zero-initialised head leaves the noise), at any step count
     untrained = sc.shape_word_effect(str(random), world, scorer, 3, 3, **(sampling | {"steps": 3}))
