@@ -196,22 +196,31 @@ def sample_teacher(model, text: torch.Tensor, seeds: list[int], latent_shape: tu
 
 @torch.no_grad()
 def sample_students(model, world, prompts: list[str], seeds: list[int], num_frames: int, method: str, *,
-                    window: int = KV_WINDOW, batch_size: int | None = None) -> torch.Tensor:
+                    window: int = KV_WINDOW, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """Pixels ``[B, 3, num_frames, H, W]`` in [-1, 1] of a causal student, as ``hiar generate`` makes
-    them, all prompts of a batch in one sampler run (each with its own seed)."""
+    them, all prompts of a batch in one sampler run (each with its own seed). ``progress``: a bar over
+    the blocks (a 336-frame job of 32 prompts runs for an hour or more on a CPU)."""
+    from tqdm import tqdm
+
     from hiar.generate import method_config, num_blocks_for
     from hiar.sampling import GridSampler
 
     config = method_config(method, window=window)
     n_blocks = num_blocks_for(num_frames, world.codec, config.block_frames)
     step = batch_size or len(prompts)
+    starts = range(0, len(prompts), step)
     out = []
-    for a in range(0, len(prompts), step):
-        text = world.text_encoder.encode(prompts[a:a + step]).to(model.device, model.dtype)
-        sampler = GridSampler(model, config, text, seeds=seeds[a:a + step], latent_shape=world.latent_shape)
-        latents = torch.cat([b for _, b in sampler.stream(n_blocks)], dim=2)
-        pixels = world.codec.decode(latents.float()).clamp(-1, 1).cpu()
-        out.append(pixels[:, :, :num_frames])
+    with tqdm(total=n_blocks * len(starts), desc=f"{method} blocks", unit="block", leave=False,
+              disable=not progress, file=sys.stderr) as bar:
+        for a in starts:
+            text = world.text_encoder.encode(prompts[a:a + step]).to(model.device, model.dtype)
+            sampler = GridSampler(model, config, text, seeds=seeds[a:a + step], latent_shape=world.latent_shape)
+            blocks = []
+            for _, block in sampler.stream(n_blocks):
+                blocks.append(block)
+                bar.update()
+            pixels = world.codec.decode(torch.cat(blocks, dim=2).float()).clamp(-1, 1).cpu()
+            out.append(pixels[:, :, :num_frames])
     return torch.cat(out)
 
 
@@ -283,6 +292,7 @@ class Settings:
     teacher_guidance: float = TEACHER_GUIDANCE
     batch_size: int | None = None
     device: str = "cpu"
+    progress: bool = False  # a bar over a student's blocks (not part of a result's identity)
 
 
 def job_path(out: Path, label: str, frames: int) -> Path:
@@ -353,7 +363,8 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
             if key not in generated or generated[key].shape[1] < frames:
                 generated[key] = as_uint8(sample_students(model, gen_world, prompts, seeds, max(frames, longest or 0),
                                                           entry.method, window=settings.window,
-                                                          batch_size=settings.batch_size))
+                                                          batch_size=settings.batch_size,
+                                                          progress=settings.progress))
             videos = generated[key][:, :frames]
             cfg = method_config(entry.method, window=settings.window)
             sampler = {"kind": "grid", "method": entry.method, "context": cfg.context.value, "order": cfg.order.value,
@@ -496,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1 or any(f < 3 for f in args.frames):
         raise SystemExit("evaluate_shapes: need --prompts >= 1 and every --frames >= 3")
     settings = Settings(num_prompts=args.prompts, prompt_seed=args.prompt_seed, seed=args.seed, window=args.window,
-                        reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device)
+                        reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device,
+                        progress=not args.no_progress)
     students, teacher = default_entries()
     if args.model is not None:
         students = [parse_model_arg(m) for m in args.model]
