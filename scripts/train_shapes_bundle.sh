@@ -9,22 +9,25 @@
 #   ARGS_<stage>="..."   more arguments for one stage, e.g. the patch-2 model (docs/training.md):
 #                        ARGS_teacher_short="--set model.preset=toy-p2 --set batch_size=128 --set optimizer.lr=2e-3"
 #   PARALLEL_DMD=1       the DMD stages side by side (a GPU has room for all three; each logs to OUT/<stage>.log).
+#   TEACHER=PATH         the teacher the later stages read (default: OUT/teacher/model.safetensors), e.g. the
+#                        bundled one to redo the students alone: TEACHER=src/hiar/assets/shapes-teacher.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HIAR=${HIAR:-.venv/bin/hiar}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/shapes}
 STAGES=${*:-teacher_short teacher trajectories ode_init dmd_hiar dmd_self_forcing dmd_causvid}
+TEACHER=${TEACHER:-$OUT/teacher/model.safetensors}
 
 # Where each stage reads its inputs, relative to $OUT (the configs say runs/shapes/...).
 paths() {
   case $1 in
     teacher) echo --set model.checkpoint=$OUT/teacher_short/model.safetensors ;;
-    trajectories) echo --set model.checkpoint=$OUT/teacher/model.safetensors ;;
-    ode_init) echo --set model.checkpoint=$OUT/teacher/model.safetensors --set trajectories=$OUT/trajectories ;;
-    dmd_hiar) echo --set model.checkpoint=$OUT/ode_init/model.safetensors --set teacher.checkpoint=$OUT/teacher/model.safetensors \
+    trajectories) echo --set model.checkpoint=$TEACHER ;;
+    ode_init) echo --set model.checkpoint=$TEACHER --set trajectories=$OUT/trajectories ;;
+    dmd_hiar) echo --set model.checkpoint=$OUT/ode_init/model.safetensors --set teacher.checkpoint=$TEACHER \
                    --set fkl.trajectories=$OUT/trajectories ;;
-    dmd_*) echo --set model.checkpoint=$OUT/ode_init/model.safetensors --set teacher.checkpoint=$OUT/teacher/model.safetensors ;;
+    dmd_*) echo --set model.checkpoint=$OUT/ode_init/model.safetensors --set teacher.checkpoint=$TEACHER ;;
   esac
 }
 # The bundled name of each stage's model (stages not listed are not bundled).
