@@ -182,18 +182,29 @@ def test_a_shorter_length_is_the_first_frames_of_the_longest_run(random_toy):
         assert torch.equal(long[:, :, :7], short)
 
 
-def test_student_progress_counts_every_block_of_every_batch(random_toy, capsys):
-    """A long student job shows its blocks (batches of prompts run one after the other), and the bar
-    does not change the videos."""
+def test_student_progress_counts_every_block_of_every_batch(random_toy, monkeypatch):
+    """A long student job shows its blocks (batches of prompts run one after the other), only when
+    asked, and the bar does not change the videos."""
+    import tqdm as tqdm_module
+
     from hiar.checkpoint import load_model
     from hiar.generate import shapes_world
 
+    bars = []
+
+    class Recorder(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shown = not self.disable  # closing a bar disables it
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recorder)
     model = load_model(random_toy).eval()
     world = shapes_world(model)
     prompts, seeds = ["a red circle", "a fast blue square", "a green triangle"], [3, 4, 5]
     quiet = ev.sample_students(model, world, prompts, seeds, 7, "hiar", window=3, batch_size=2)
-    capsys.readouterr()
     shown = ev.sample_students(model, world, prompts, seeds, 7, "hiar", window=3, batch_size=2, progress=True)
     assert torch.equal(quiet, shown)
-    err = capsys.readouterr().err
-    assert "hiar blocks" in err and "6/6" in err  # 3 blocks of 3 frames for 7 frames, 2 batches
+    assert [b.shown for b in bars] == [False, True]
+    # 7 frames are 3 blocks of 3 frames, for each of the 2 batches
+    assert (bars[1].total, bars[1].n, bars[1].desc) == (6, 6, "hiar blocks")
