@@ -116,7 +116,6 @@ def test_bundled_teacher_draws_the_asked_shape_for_one_object(tmp_path):
     bundled teacher draws what the shape word says (the patch-4 teacher of before drew one blob per
     seed whatever was asked: accuracy 0.35, chance 1/3); random weights of its architecture do not."""
     from hiar.checkpoint import save_model
-    from hiar.eval.shapes_scores import ShapesScorer
     from hiar.generate import bundled_checkpoint
     from hiar.world.shapes import default_world
     sc = load_script("shape_confusion")
