@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from hiar.training import run_stage, stage_config
-from tests.training_helpers import TINY, common, ddp_rank, dmd_config, free_port, prepared, weights
+from tests.training_helpers import TINY, common, ddp_rank, dmd_config, free_port, prepared, settle_rank, weights
 
 FP32_FSDP = {"strategy": "fsdp", "param_dtype": "float32"}
 EXPORTS = ("model.safetensors", "model_raw.safetensors", "critic.safetensors")
@@ -147,6 +147,7 @@ def policy_rank(rank: int, world: int, port: int) -> None:
     try:
         check_gradients_are_averaged(rank)
         check_bf16_policy()
+        settle_rank()
     finally:
         dist.destroy_process_group()
 
