@@ -196,7 +196,8 @@ def sample_teacher(model, text: torch.Tensor, seeds: list[int], latent_shape: tu
 
 @torch.no_grad()
 def sample_students(model, world, prompts: list[str], seeds: list[int], num_frames: int, method: str, *,
-                    window: int = KV_WINDOW, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+                    window: int = KV_WINDOW, sink: int = 0, batch_size: int | None = None,
+                    progress: bool = False) -> torch.Tensor:
     """Pixels ``[B, 3, num_frames, H, W]`` in [-1, 1] of a causal student, as ``hiar generate`` makes
     them, all prompts of a batch in one sampler run (each with its own seed). ``progress``: a bar over
     the blocks (a 336-frame job of 32 prompts runs for an hour or more on a CPU)."""
@@ -205,7 +206,7 @@ def sample_students(model, world, prompts: list[str], seeds: list[int], num_fram
     from hiar.generate import method_config, num_blocks_for
     from hiar.sampling import GridSampler
 
-    config = method_config(method, window=window)
+    config = method_config(method, window=window, sink=sink)
     n_blocks = num_blocks_for(num_frames, world.codec, config.block_frames)
     step = batch_size or len(prompts)
     starts = range(0, len(prompts), step)
@@ -284,6 +285,7 @@ class Settings:
     prompt_seed: int = PROMPT_SEED
     seed: int = 0
     window: int = KV_WINDOW
+    sink: int = 0
     reference_clips: int = 8
     drift_segments: int = 5
     teacher_frames: int = TEACHER_FRAMES
@@ -362,11 +364,11 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
             generated = {} if generated is None else generated
             if key not in generated or generated[key].shape[1] < frames:
                 generated[key] = as_uint8(sample_students(model, gen_world, prompts, seeds, max(frames, longest or 0),
-                                                          entry.method, window=settings.window,
+                                                          entry.method, window=settings.window, sink=settings.sink,
                                                           batch_size=settings.batch_size,
                                                           progress=settings.progress))
             videos = generated[key][:, :frames]
-            cfg = method_config(entry.method, window=settings.window)
+            cfg = method_config(entry.method, window=settings.window, sink=settings.sink)
             sampler = {"kind": "grid", "method": entry.method, "context": cfg.context.value, "order": cfg.order.value,
                        "transition": cfg.transition.value, "levels": [float(v) for v in cfg.levels],
                        "block_frames": cfg.block_frames, "window": cfg.window, "sink": cfg.sink}
@@ -485,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="specs are sample_spec((PROMPT_SEED, i)) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed of prompt i is SEED + i (default: %(default)s)")
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
+    p.add_argument("--sink", type=int, default=0,
+                   help="students' KV sink: the first latent frames every block also reads (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per sampler run (default: all at once)")
     p.add_argument("--reference-clips", type=int, default=8, help="real clips per prompt for the scorer's references")
     p.add_argument("--out", default=str(ROOT / "results" / "eval"), help="JSON folder (default: results/eval)")
@@ -507,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1 or any(f < 3 for f in args.frames):
         raise SystemExit("evaluate_shapes: need --prompts >= 1 and every --frames >= 3")
     settings = Settings(num_prompts=args.prompts, prompt_seed=args.prompt_seed, seed=args.seed, window=args.window,
+                        sink=args.sink,
                         reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device,
                         progress=not args.no_progress)
     students, teacher = default_entries()

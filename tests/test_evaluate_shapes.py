@@ -208,3 +208,24 @@ def test_student_progress_counts_every_block_of_every_batch(random_toy, monkeypa
     assert [b.shown for b in bars] == [False, True]
     # 7 frames are 3 blocks of 3 frames, for each of the 2 batches
     assert (bars[1].total, bars[1].n, bars[1].desc) == (6, 6, "hiar blocks")
+
+
+def test_a_kv_sink_is_read_from_the_third_block_on_and_recorded(random_toy, tmp_path):
+    """--sink reaches the sampler: with a 6-frame window (a block and the one before it) the first two
+    blocks read the same context with or without a 3-frame sink, and from the third block on the sink
+    changes what is drawn (a trained model: random weights' zero-initialised head ignores its context);
+    the JSON records it."""
+    from hiar.checkpoint import load_model
+    from hiar.generate import bundled_model_path, shapes_world
+
+    model = load_model(bundled_model_path("hiar")).eval()
+    world = shapes_world(model)
+    plain, sunk = (ev.sample_students(model, world, ["a red circle"], [0], 12, "hiar", window=6, sink=sink)
+                   for sink in (0, 3))
+    assert torch.equal(plain[:, :, :6], sunk[:, :, :6])
+    assert not torch.equal(plain[:, :, 6:], sunk[:, :, 6:])
+    argv = ["--model", f"rnd={random_toy}:hiar", "--no-teacher", "--no-real", "--prompts", "1", "--frames", "6",
+            "--window", "6", "--sink", "3", "--out", str(tmp_path), "--no-figures", "--no-progress"]
+    assert ev.main(argv) == 0
+    sampler = json.loads((tmp_path / "rnd-f6.json").read_text())["sampler"]
+    assert (sampler["window"], sampler["sink"]) == (6, 3)
