@@ -220,7 +220,7 @@ def test_a_kv_sink_is_read_from_the_third_block_on_and_recorded(random_toy, tmp_
 
     model = load_model(bundled_model_path("hiar")).eval()
     world = shapes_world(model)
-    plain, sunk = (ev.sample_students(model, world, ["a red circle"], [0], 12, "hiar", window=6, sink=sink)
+    plain, sunk = (ev.sample_students(model, world, ["a red circle"], [0], 9, "hiar", window=6, sink=sink)
                    for sink in (0, 3))
     assert torch.equal(plain[:, :, :6], sunk[:, :, :6])
     assert not torch.equal(plain[:, :, 6:], sunk[:, :, 6:])
