@@ -297,6 +297,15 @@ class Settings:
     progress: bool = False  # a bar over a student's blocks (not part of a result's identity)
 
 
+def device_name(device: str) -> str:
+    """Where the videos were sampled, e.g. ``cuda (NVIDIA H200)``: float results differ slightly by device
+    (the noise does not: it is drawn on the CPU), so a JSON says which one made it, as it says how long."""
+    d = torch.device(device)
+    if d.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(d)})"
+    return device
+
+
 def job_path(out: Path, label: str, frames: int) -> Path:
     return out / f"{label}-f{frames}.json"
 
@@ -388,6 +397,7 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
         "code": code_commit(),
         **scored,
         "timing_s": {"generate": round(generate_s, 3), "score": round(time.perf_counter() - t1, 3)},
+        "device": device_name(settings.device),
     }
     return payload, videos
 

@@ -62,6 +62,7 @@ def test_tiny_run_writes_json_with_expected_keys(tiny_run, random_toy):
     assert d["prompt_specs"] == [[12345, 0], [12345, 1]]
     assert d["model_metadata"]["stage"] == "dmd" and d["model_metadata"]["steps"] == "7"
     assert d["model_metadata"]["commit"] == "abc123" and "commit" in d["code"]
+    assert d["device"] == "cpu"  # where the videos were sampled (not part of a result's identity)
     assert d["sampler"]["window"] == 21 and d["sampler"]["context"] == "output" and d["sampler"]["order"] == "diagonal"
     for k in ("semantic", "dynamic", "quality", "total"):
         assert set(d["scores"][k]) == {"mean", "std"}
