@@ -45,6 +45,47 @@ def test_per_block_inputs_pick_each_blocks_level():
     assert bool((x[:, :, :3] == 3).all()) and bool((x[:, :, 3:] == 0).all())
 
 
+def test_the_x0_loss_over_chosen_frames_is_their_mean_squared_error():
+    from hiar.training.objectives import x0_regression_loss
+
+    pred, target = torch.randn(2, 3, 6, 2, 2), torch.randn(2, 3, 6, 2, 2)
+    frames = torch.tensor([[True] * 3 + [False] * 3, [False] * 6])  # sample 0's first block only
+    expected = (pred[0, :, :3] - target[0, :, :3]).square().mean()
+    assert torch.allclose(x0_regression_loss(pred, target, frames), expected)
+    assert torch.allclose(x0_regression_loss(pred, target, torch.ones(2, 6, dtype=torch.bool)),
+                          x0_regression_loss(pred, target))
+
+
+def test_ode_init_clean_context_gives_clean_blocks_without_loss(tmp_path):
+    """clean_context p: about p of the blocks are given clean (level index S), the rest keep the draws of
+    p = 0 (so a run of before resumes on the same levels); and the stage trains with them."""
+    from hiar.training.stages.ode_init import OdeInitStage
+
+    root = prepared()
+    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
+
+    def stage(p, name):
+        cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
+                                               student={"block_frames": 3}, clean_context=p))
+        st = OdeInitStage.__new__(OdeInitStage)
+        st.cfg, st.levels = cfg, cfg.student.levels
+        return st, cfg
+
+    plain, _ = stage(0.0, "plain")
+    clean, cfg = stage(0.3, "clean")
+    S = len(clean.levels) - 1
+    draws = [(clean.level_index(step, i, b), plain.level_index(step, i, b)) for step in range(50) for i in range(4)
+             for b in range(4)]
+    share = sum(c == S for c, _ in draws) / len(draws)
+    assert 0.2 < share < 0.4, share
+    assert all(p < S for _, p in draws) and all(c == p for c, p in draws if c != S)
+    run_stage(cfg)
+    log = [json.loads(x) for x in (tmp_path / "clean/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    with pytest.raises(ValueError, match="clean_context"):
+        stage(1.0, "all")
+
+
 @pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])
 def test_dmd_methods_run(tmp_path, method, fkl_attention):
     root = prepared()

@@ -228,11 +228,18 @@ class OdeInitConfig(TrainConfig):
     stage: str = "ode_init"
     trajectories: str = ""
     student: StudentSection = field(default_factory=StudentSection)
+    # The probability that a block is given as its clean endpoint: context for the blocks after it, no
+    # loss. 0 (the released CausVid / Self-Forcing recipe): every block is at one of the student's noisy
+    # levels, so the model never reads the clean context that HiAR's exit step (t_c = t_{j+1} = 0) and
+    # Self-Forcing's every step read at inference (docs/training.md, "The context the ODE init never shows").
+    clean_context: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         if not self.trajectories:
             raise ValueError("ode_init needs 'trajectories' (the folder the trajectories stage wrote)")
+        if not 0.0 <= self.clean_context < 1.0:
+            raise ValueError(f"clean_context must be in [0, 1), got {self.clean_context}")
 
 
 @dataclass

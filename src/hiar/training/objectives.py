@@ -115,9 +115,15 @@ def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Te
     return mse(velocity, schedule.velocity_target(x0, noise))
 
 
-def x0_regression_loss(x0_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """ODE-init (CausVid / Self-Forcing): the x0 prediction against the trajectory's endpoint."""
-    return mse(x0_pred, target)
+def x0_regression_loss(x0_pred: torch.Tensor, target: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """ODE-init (CausVid / Self-Forcing): the x0 prediction ``[B, C, F, H, W]`` against the trajectory's
+    endpoint; ``frames`` (bool ``[B, F]``): the mean over those frames only (all when None)."""
+    if frames is None:
+        return mse(x0_pred, target)
+    dtype = torch.promote_types(torch.promote_types(x0_pred.dtype, target.dtype), torch.float32)
+    err = (x0_pred.to(dtype) - target.to(dtype)).square().mean(dim=(1, 3, 4))  # [B, F]
+    weight = frames.to(dtype)
+    return (err * weight).sum() / weight.sum().clamp(min=1)
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

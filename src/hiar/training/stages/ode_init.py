@@ -1,5 +1,6 @@
 """Stage 3, ODE init (CausVid / Self-Forcing): the causal student regresses the trajectories' clean
-endpoints from their states at the student's levels, an independent level per block, block-causal."""
+endpoints from their states at the student's levels, an independent level per block, block-causal.
+With ``clean_context`` some blocks are given clean instead (context for later blocks, no loss)."""
 
 from __future__ import annotations
 
@@ -45,16 +46,28 @@ class OdeInitStage(Stage):
         latents, text = self.data.batch(idx)  # [B, S+1, C, F, H, W]
         S = len(self.levels) - 1
         nb = latents.shape[3] // self.k
-        level_index = torch.tensor([[keys.randint(S, cfg.seed, "ode-level", step, i, b) for b in range(nb)] for i in idx])
+        level_index = torch.tensor([[self.level_index(step, i, b) for b in range(nb)] for i in idx])
         x = per_block_inputs(latents, level_index, self.k)
-        sigma = self.levels[level_index.repeat_interleave(self.k, dim=1)]  # [B, F] float64
+        per_frame = level_index.repeat_interleave(self.k, dim=1)  # [B, F]
+        sigma = self.levels[per_frame]  # float64; 0 for a clean block
         target = latents[:, S]
         x, target, text = (v.to(t.device) for v in (x, target, text))
         with t.autocast():
             velocity = predict_velocity(self.model, x, sigma, text, self.attention)
         x0 = schedule.x0_from_velocity(x, velocity.float(), sigma)
-        loss = x0_regression_loss(x0, target)
+        if cfg.clean_context > 0:  # a clean block is its own target (x0 = x at sigma 0): context only, no loss
+            loss = x0_regression_loss(x0, target, frames=(per_frame < S).to(t.device))
+        else:
+            loss = x0_regression_loss(x0, target)
         return {"loss": t.optimize("model", loss, step)}
+
+    def level_index(self, step: int, sample: int, block: int) -> int:
+        """Block ``block`` of sample ``sample``: a student level index (0 .. S-1), or S (clean) with
+        probability ``clean_context``. Keyed, so a resumed run draws the same levels."""
+        cfg, S = self.cfg, len(self.levels) - 1
+        if cfg.clean_context > 0 and keys.uniform(cfg.seed, "ode-clean", step, sample, block) < cfg.clean_context:
+            return S
+        return keys.randint(S, cfg.seed, "ode-level", step, sample, block)
 
     def export(self) -> None:
         export_trainable(self.trainer, "model")
