@@ -7,9 +7,11 @@
 #   HIAR_CODE_COMMIT=$(git rev-parse HEAD) TOTAL=540 BACK=/path/to/folder bash scripts/dev/gpu_students.sh
 #
 # Every stage resumes (runs/p2 stays on a machine that is still warm), so a second call with
-# STAGES="dmd_hiar dmd_self_forcing dmd_causvid" continues the DMD runs (and with EVAL=1 evaluates).
+# STAGES="dmd_hiar dmd_self_forcing dmd_causvid" continues the DMD runs, and one with STAGES="" EVAL=1
+# only evaluates. The students are evaluated from runs/p2/students/, where each DMD run's bundled copy is
+# kept: a call re-sends the repository, whose src/hiar/assets/ holds the committed students again.
 # Settings (environment):
-#   STAGES        default: trajectories ode_init dmd_hiar dmd_self_forcing dmd_causvid
+#   STAGES        default (when unset): trajectories ode_init dmd_hiar dmd_self_forcing dmd_causvid
 #   TOTAL         the seconds this call may take; the DMD runs get what is left after the earlier stages,
 #                 RESERVE seconds (default 45: exports, archives) and the evaluation's (default: no limit)
 #   SAMPLES       trajectories to make (default 320; the bundled models had 160)
@@ -27,7 +29,8 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 OUT=runs/p2
 BACK=$(mkdir -p "${BACK:-$OUT/back}" && cd "${BACK:-$OUT/back}" && pwd)
-STAGES=${STAGES:-trajectories ode_init dmd_hiar dmd_self_forcing dmd_causvid}
+STAGES=${STAGES-trajectories ode_init dmd_hiar dmd_self_forcing dmd_causvid}
+STUDENTS=$OUT/students
 TOTAL=${TOTAL:-0}
 EVAL=${EVAL:-0}
 RESERVE=$(( ${RESERVE:-45} + (EVAL == 1 ? ${EVAL_SECONDS:-150} : 0) ))
@@ -59,6 +62,11 @@ if [ ${#dmd[@]} -gt 0 ]; then
     DMD_ARGS="--set max_seconds=$seconds ${ARGS_dmd:-}"
     echo "== DMD time box: $seconds s each"
     bundle "${dmd[@]}"
+    mkdir -p $STUDENTS
+    for stage in "${dmd[@]}"; do
+      name=${stage#dmd_}
+      cp src/hiar/assets/shapes-${name//_/-}.safetensors $STUDENTS/
+    done
   else
     echo "== no time left for DMD (TOTAL=$TOTAL, $SECONDS s spent)"
   fi
@@ -87,7 +95,7 @@ for stage in ("dmd_hiar", "dmd_self_forcing", "dmd_causvid"):
     half(out / stage / "critic.safetensors", out / f"critic-{stage}.safetensors")
 EOF
 (cd $OUT && ls critic-*.safetensors >/dev/null 2>&1 && tar czf "$BACK/critics.tgz" critic-*.safetensors) || true
-cp src/hiar/assets/shapes-{hiar,self-forcing,causvid}.safetensors "$BACK"/ 2>/dev/null || true
+cp $STUDENTS/shapes-{hiar,self-forcing,causvid}.safetensors "$BACK"/ 2>/dev/null || true
 logs() {
   tar czf "$BACK/logs.tgz" -C $OUT --exclude='*.safetensors' --exclude='*.pt' --exclude='*.distcp' \
       --exclude='trajectories' --exclude='back' --exclude='eval' .
@@ -101,9 +109,9 @@ if [ "$EVAL" = 1 ]; then
   for frames in ${EVAL_FRAMES:-84 336}; do
     echo "== evaluation at $frames frames ($SECONDS s spent)"
     $PY scripts/evaluate_shapes.py --no-real --no-teacher --device ${DEVICE:-cuda} --no-figures --no-progress \
-        --model hiar=src/hiar/assets/shapes-hiar.safetensors:hiar \
-        --model self-forcing=src/hiar/assets/shapes-self-forcing.safetensors:self-forcing \
-        --model causvid=src/hiar/assets/shapes-causvid.safetensors:causvid \
+        --model hiar=$STUDENTS/shapes-hiar.safetensors:hiar \
+        --model self-forcing=$STUDENTS/shapes-self-forcing.safetensors:self-forcing \
+        --model causvid=$STUDENTS/shapes-causvid.safetensors:causvid \
         --frames $frames --out $OUT/eval --force ${EVAL_ARGS:-}
     tar czf "$BACK/eval.tgz" -C $OUT eval
   done
