@@ -79,9 +79,9 @@ def test_generate_takes_a_prompt_a_script_or_pairs():
     model = load_model(bundled_model_path("hiar")).eval()  # a random toy model's zero head ignores the text
     world = shapes_world(model)
     cfg = method_config("hiar", window=21)
-    plain, _ = generate(model, world, RED, num_frames=15, config=cfg, progress=False)
-    pairs, report = generate(model, world, [(0, RED), (0.5, BLUE)], num_frames=15, config=cfg, progress=False)
-    script, _ = generate(model, world, PromptScript(RED, ((0.5, BLUE),)), num_frames=15, config=cfg, progress=False)
+    plain, _ = generate(model, world, RED, num_frames=12, config=cfg, progress=False)
+    pairs, report = generate(model, world, [(0, RED), (0.5, BLUE)], num_frames=12, config=cfg, progress=False)
+    script, _ = generate(model, world, PromptScript(RED, ((0.5, BLUE),)), num_frames=12, config=cfg, progress=False)
     assert torch.equal(pairs, script)
     assert torch.equal(pairs[:, :9], plain[:, :9])  # blocks 0-2; block 3 (frame 9 = 0.5625 s) is the first under BLUE
     assert not torch.equal(pairs, plain)
@@ -89,7 +89,7 @@ def test_generate_takes_a_prompt_a_script_or_pairs():
     per_frame = (h // model.cfg.patch_size[1]) * (w // model.cfg.patch_size[2])
     assert report.recache_calls == 4 and report.recache_tokens == 4 * 2 * 3 * per_frame  # blocks 0, 1 again in each stage
     with pytest.raises(ValueError, match="starts with the prompt at 0 s"):
-        generate(model, world, [(0.5, BLUE)], num_frames=15, config=cfg, progress=False)
+        generate(model, world, [(0.5, BLUE)], num_frames=12, config=cfg, progress=False)
 
 
 @pytest.mark.parametrize("switch", ["kv-recache", "kv-keep"])
