@@ -104,9 +104,14 @@ class SigmaSampler:
 # Pure losses
 
 
+def loss_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """Losses are computed in float32, or float64 when an input is."""
+    return torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+
+
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error in float32 (or float64 when an input is)."""
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    """Mean squared error in :func:`loss_dtype`."""
+    dtype = loss_dtype(a, b)
     return F.mse_loss(a.to(dtype), b.to(dtype))
 
 
@@ -120,7 +125,7 @@ def x0_regression_loss(x0_pred: torch.Tensor, target: torch.Tensor, frames: torc
     endpoint; ``frames`` (bool ``[B, F]``): the mean over those frames only (all when None)."""
     if frames is None:
         return mse(x0_pred, target)
-    dtype = torch.promote_types(torch.promote_types(x0_pred.dtype, target.dtype), torch.float32)
+    dtype = loss_dtype(x0_pred, target)
     err = (x0_pred.to(dtype) - target.to(dtype)).square().mean(dim=(1, 3, 4))  # [B, F]
     weight = frames.to(dtype)
     return (err * weight).sum() / weight.sum().clamp(min=1)
