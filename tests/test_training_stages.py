@@ -74,7 +74,7 @@ def test_ode_init_clean_context_gives_clean_blocks_without_loss(tmp_path):
     plain, _ = stage(0.0, "plain")
     clean, cfg = stage(0.3, "clean")
     S = len(clean.levels) - 1
-    draws = [(clean.level_index(step, i, b), plain.level_index(step, i, b)) for step in range(50) for i in range(4)
+    draws = [(clean.draw_level(step, i, b), plain.draw_level(step, i, b)) for step in range(50) for i in range(4)
              for b in range(4)]
     share = sum(c == S for c, _ in draws) / len(draws)
     assert 0.2 < share < 0.4, share

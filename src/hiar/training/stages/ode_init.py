@@ -46,7 +46,7 @@ class OdeInitStage(Stage):
         latents, text = self.data.batch(idx)  # [B, S+1, C, F, H, W]
         S = len(self.levels) - 1
         nb = latents.shape[3] // self.k
-        level_index = torch.tensor([[self.level_index(step, i, b) for b in range(nb)] for i in idx])
+        level_index = torch.tensor([[self.draw_level(step, i, b) for b in range(nb)] for i in idx])
         x = per_block_inputs(latents, level_index, self.k)
         per_frame = level_index.repeat_interleave(self.k, dim=1)  # [B, F]
         sigma = self.levels[per_frame]  # float64; 0 for a clean block
@@ -61,7 +61,7 @@ class OdeInitStage(Stage):
             loss = x0_regression_loss(x0, target)
         return {"loss": t.optimize("model", loss, step)}
 
-    def level_index(self, step: int, sample: int, block: int) -> int:
+    def draw_level(self, step: int, sample: int, block: int) -> int:
         """Block ``block`` of sample ``sample``: a student level index (0 .. S-1), or S (clean) with
         probability ``clean_context``. Keyed, so a resumed run draws the same levels."""
         cfg, S = self.cfg, len(self.levels) - 1
