@@ -64,26 +64,36 @@ def test_ode_init_clean_context_gives_clean_blocks_without_loss(tmp_path):
     root = prepared()
     teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
 
-    def stage(p, name):
+    def stage(p, name, layout="blocks"):
         cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
-                                               student={"block_frames": 3}, clean_context=p))
+                                               student={"block_frames": 3}, clean_context=p,
+                                               clean_context_layout=layout))
         st = OdeInitStage.__new__(OdeInitStage)
         st.cfg, st.levels = cfg, cfg.student.levels
         return st, cfg
 
     plain, _ = stage(0.0, "plain")
     clean, cfg = stage(0.3, "clean")
+    prefix, _ = stage(0.5, "prefix", "prefix")
     S = len(clean.levels) - 1
-    draws = [(clean.draw_level(step, i, b), plain.draw_level(step, i, b)) for step in range(50) for i in range(4)
-             for b in range(4)]
+    rows = [(clean.draw_levels(step, i, 7), plain.draw_levels(step, i, 7), prefix.draw_levels(step, i, 7))
+            for step in range(50) for i in range(4)]
+    draws = [(c, p) for cs, ps, _ in rows for c, p in zip(cs, ps)]
     share = sum(c == S for c, _ in draws) / len(draws)
     assert 0.2 < share < 0.4, share
     assert all(p < S for _, p in draws) and all(c == p for c, p in draws if c != S)
+    # prefix: about half the samples start with 1 .. 6 clean blocks, all of them before any noisy one
+    counts = [next((b for b, level in enumerate(row) if level < S), 7) for _, _, row in rows]
+    assert all(S not in row[k:] for k, (_, _, row) in zip(counts, rows)) and max(counts) == 6
+    assert 0.35 < sum(k > 0 for k in counts) / len(counts) < 0.65
+    assert all(row[k:] == p[k:] for k, (_, p, row) in zip(counts, rows))
     run_stage(cfg)
     log = [json.loads(x) for x in (tmp_path / "clean/log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     with pytest.raises(ValueError, match="clean_context"):
         stage(1.0, "all")
+    with pytest.raises(ValueError, match="clean_context_layout"):
+        stage(0.5, "typo", "prefixes")
 
 
 @pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])

@@ -233,6 +233,10 @@ class OdeInitConfig(TrainConfig):
     # levels, so the model never reads the clean context that HiAR's exit step (t_c = t_{j+1} = 0) and
     # Self-Forcing's every step read at inference (docs/training.md, "The context the ODE init never shows").
     clean_context: float = 0.0
+    # Which blocks are clean. "blocks": each block on its own, with probability clean_context. "prefix": with
+    # probability clean_context a sample's first k blocks (k uniform in 1 .. blocks - 1), the context every
+    # block reads at Self-Forcing's steps and HiAR's exit step, where all earlier blocks are clean at once.
+    clean_context_layout: str = "blocks"
 
     def __post_init__(self):
         super().__post_init__()
@@ -240,6 +244,8 @@ class OdeInitConfig(TrainConfig):
             raise ValueError("ode_init needs 'trajectories' (the folder the trajectories stage wrote)")
         if not 0.0 <= self.clean_context < 1.0:
             raise ValueError(f"clean_context must be in [0, 1), got {self.clean_context}")
+        if self.clean_context_layout not in ("blocks", "prefix"):
+            raise ValueError(f"clean_context_layout must be 'blocks' or 'prefix', got {self.clean_context_layout!r}")
 
 
 @dataclass

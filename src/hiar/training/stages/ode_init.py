@@ -1,6 +1,7 @@
 """Stage 3, ODE init (CausVid / Self-Forcing): the causal student regresses the trajectories' clean
 endpoints from their states at the student's levels, an independent level per block, block-causal.
-With ``clean_context`` some blocks are given clean instead (context for later blocks, no loss)."""
+With ``clean_context`` some blocks are given clean instead (context for later blocks, no loss): each
+block on its own, or a sample's first blocks (``clean_context_layout``)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class OdeInitStage(Stage):
         latents, text = self.data.batch(idx)  # [B, S+1, C, F, H, W]
         S = len(self.levels) - 1
         nb = latents.shape[3] // self.k
-        level_index = torch.tensor([[self.draw_level(step, i, b) for b in range(nb)] for i in idx])
+        level_index = torch.tensor([self.draw_levels(step, i, nb) for i in idx])
         x = per_block_inputs(latents, level_index, self.k)
         per_frame = level_index.repeat_interleave(self.k, dim=1)  # [B, F]
         sigma = self.levels[per_frame]  # float64; 0 for a clean block
@@ -61,13 +62,21 @@ class OdeInitStage(Stage):
             loss = x0_regression_loss(x0, target)
         return {"loss": t.optimize("model", loss, step)}
 
-    def draw_level(self, step: int, sample: int, block: int) -> int:
-        """Block ``block`` of sample ``sample``: a student level index (0 .. S-1), or S (clean) with
-        probability ``clean_context``. Keyed, so a resumed run draws the same levels."""
+    def draw_levels(self, step: int, sample: int, blocks: int) -> list[int]:
+        """The level index of each block of sample ``sample``: a student level (0 .. S-1), or S (clean)
+        as ``clean_context`` and its layout say. Keyed, so a resumed run draws the same levels; the noisy
+        draws do not depend on ``clean_context``."""
         cfg, S = self.cfg, len(self.levels) - 1
-        if cfg.clean_context > 0 and keys.uniform(cfg.seed, "ode-clean", step, sample, block) < cfg.clean_context:
-            return S
-        return keys.randint(S, cfg.seed, "ode-level", step, sample, block)
+        levels = [keys.randint(S, cfg.seed, "ode-level", step, sample, b) for b in range(blocks)]
+        if cfg.clean_context == 0:
+            return levels
+        if cfg.clean_context_layout == "prefix":
+            clean = 0
+            if blocks > 1 and keys.uniform(cfg.seed, "ode-clean", step, sample) < cfg.clean_context:
+                clean = 1 + keys.randint(blocks - 1, cfg.seed, "ode-clean-prefix", step, sample)
+            return [S] * clean + levels[clean:]
+        return [S if keys.uniform(cfg.seed, "ode-clean", step, sample, b) < cfg.clean_context else level
+                for b, level in enumerate(levels)]
 
     def export(self) -> None:
         export_trainable(self.trainer, "model")
