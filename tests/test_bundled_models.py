@@ -141,7 +141,7 @@ def test_the_bundled_hiar_student_speckles_where_it_reads_a_clean_block():
     the world's palette; with HiAR's own t_{j+1}, which reads the earlier blocks clean at every block's
     last step, it speckles. Measured over frames 6-11 (blocks 2-3): palette 0.98 and 0.99 against 0.30
     and 0.42; quality 0.85 against 0.54 (4 prompts). A student retrained to read clean context
-    (`clean_context` in its ODE init) should lift the first pair, and move this test's bound."""
+    (`clean_context` in its ODE init) should lift HiAR's pair (the second), and move this test's bound."""
     from hiar.eval.shapes_scores import score_video
 
     model = load_model(bundled_model_path("hiar")).eval()
