@@ -194,19 +194,28 @@ def sample_teacher(model, text: torch.Tensor, seeds: list[int], latent_shape: tu
     return x
 
 
+def student_config(method: str, *, window: int, sink: int, transition: str | None):
+    """The sampler settings a student is evaluated with: its method's, with these overrides."""
+    from hiar.generate import method_config
+    from hiar.sampling import Transition
+
+    return method_config(method, window=window, sink=sink, transition=Transition(transition) if transition else None)
+
+
 @torch.no_grad()
 def sample_students(model, world, prompts: list[str], seeds: list[int], num_frames: int, method: str, *,
-                    window: int = KV_WINDOW, sink: int = 0, batch_size: int | None = None,
-                    progress: bool = False) -> torch.Tensor:
+                    window: int = KV_WINDOW, sink: int = 0, transition: str | None = None,
+                    batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """Pixels ``[B, 3, num_frames, H, W]`` in [-1, 1] of a causal student, as ``hiar generate`` makes
-    them, all prompts of a batch in one sampler run (each with its own seed). ``progress``: a bar over
-    the blocks (a 336-frame job of 32 prompts runs for an hour or more on a CPU)."""
+    them, all prompts of a batch in one sampler run (each with its own seed). ``transition`` (None: the
+    method's own) is the step between levels. ``progress``: a bar over the blocks (a 336-frame job of
+    32 prompts runs for an hour or more on a CPU)."""
     from tqdm import tqdm
 
-    from hiar.generate import method_config, num_blocks_for
+    from hiar.generate import num_blocks_for
     from hiar.sampling import GridSampler
 
-    config = method_config(method, window=window, sink=sink)
+    config = student_config(method, window=window, sink=sink, transition=transition)
     n_blocks = num_blocks_for(num_frames, world.codec, config.block_frames)
     step = batch_size or len(prompts)
     starts = range(0, len(prompts), step)
@@ -286,6 +295,7 @@ class Settings:
     seed: int = 0
     window: int = KV_WINDOW
     sink: int = 0
+    transition: str | None = None  # the students' step between levels (None: each method's own)
     reference_clips: int = 8
     drift_segments: int = 5
     teacher_frames: int = TEACHER_FRAMES
@@ -338,7 +348,7 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
     A student is sampled once at ``longest`` frames and shorter lengths are its first frames
     (``generated`` keeps the videos): the sampler is causal, so the first F frames of a longer run
     are exactly an F-frame run (tested), and the 84-frame row costs no extra sampling."""
-    from hiar.generate import method_config, shapes_world
+    from hiar.generate import shapes_world
 
     prompts = [world.prompt(s) for s in specs]
     seeds = None if entry.kind == "real" else [settings.seed + i for i in range(len(specs))]
@@ -374,10 +384,12 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
             if key not in generated or generated[key].shape[1] < frames:
                 generated[key] = as_uint8(sample_students(model, gen_world, prompts, seeds, max(frames, longest or 0),
                                                           entry.method, window=settings.window, sink=settings.sink,
+                                                          transition=settings.transition,
                                                           batch_size=settings.batch_size,
                                                           progress=settings.progress))
             videos = generated[key][:, :frames]
-            cfg = method_config(entry.method, window=settings.window, sink=settings.sink)
+            cfg = student_config(entry.method, window=settings.window, sink=settings.sink,
+                                 transition=settings.transition)
             sampler = {"kind": "grid", "method": entry.method, "context": cfg.context.value, "order": cfg.order.value,
                        "transition": cfg.transition.value, "levels": [float(v) for v in cfg.levels],
                        "block_frames": cfg.block_frames, "window": cfg.window, "sink": cfg.sink}
@@ -499,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
     p.add_argument("--sink", type=int, default=0,
                    help="students' KV sink: the first latent frames every block also reads (default: %(default)s)")
+    p.add_argument("--transition", choices=["renoise", "euler"], default=None,
+                   help="students' step between levels (default: each method's own, renoise)")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per sampler run (default: all at once)")
     p.add_argument("--reference-clips", type=int, default=8, help="real clips per prompt for the scorer's references")
     p.add_argument("--out", default=str(ROOT / "results" / "eval"), help="JSON folder (default: results/eval)")
@@ -521,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts < 1 or any(f < 3 for f in args.frames):
         raise SystemExit("evaluate_shapes: need --prompts >= 1 and every --frames >= 3")
     settings = Settings(num_prompts=args.prompts, prompt_seed=args.prompt_seed, seed=args.seed, window=args.window,
-                        sink=args.sink,
+                        sink=args.sink, transition=args.transition,
                         reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device,
                         progress=not args.no_progress)
     students, teacher = default_entries()

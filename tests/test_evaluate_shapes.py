@@ -230,3 +230,28 @@ def test_a_kv_sink_is_read_from_the_third_block_on_and_recorded(random_toy, tmp_
     assert ev.main(argv) == 0
     sampler = json.loads((tmp_path / "rnd-f6.json").read_text())["sampler"]
     assert (sampler["window"], sampler["sink"]) == (6, 3)
+
+
+def test_transition_reaches_the_sampler_and_is_recorded(random_toy, tmp_path):
+    """--transition euler: the students step between levels by Euler (the paper's Eq. 3) instead of
+    renoising their x0 estimate; the videos are those of GridSampler with that setting, differ from the
+    default's, and the JSON records it."""
+    from hiar.checkpoint import load_model
+    from hiar.generate import method_config, shapes_world
+    from hiar.sampling import GridSampler, Transition
+
+    model = load_model(random_toy).eval()
+    world = shapes_world(model)
+    renoised, stepped = (ev.sample_students(model, world, ["a red circle"], [0], 3, "hiar", transition=tr)
+                         for tr in (None, "euler"))
+    assert not torch.equal(renoised, stepped)
+    text = world.text_encoder.encode(["a red circle"])
+    with torch.no_grad():
+        sampler = GridSampler(model, method_config("hiar", transition=Transition.EULER), text, seeds=[0],
+                              latent_shape=world.latent_shape)
+        reference = world.codec.decode(sampler.sample(1).float()).clamp(-1, 1)
+    torch.testing.assert_close(stepped, reference[:, :, :3])
+    argv = ["--model", f"rnd={random_toy}:hiar", "--no-teacher", "--no-real", "--prompts", "1", "--frames", "3",
+            "--transition", "euler", "--out", str(tmp_path), "--no-figures", "--no-progress"]
+    assert ev.main(argv) == 0
+    assert json.loads((tmp_path / "rnd-f3.json").read_text())["sampler"]["transition"] == "euler"
