@@ -96,6 +96,59 @@ def test_ode_init_clean_context_gives_clean_blocks_without_loss(tmp_path):
         stage(0.5, "typo", "prefixes")
 
 
+def test_ode_init_clean_context_from_the_model_is_its_own_estimate(tmp_path):
+    """clean_context_source: model gives each clean block as the model's x0 estimate from the trajectory's
+    state at the last noisy level (a call over those frames only, block-causal), which is not the
+    trajectory's endpoint; the noisy blocks are the same as with the endpoint; and the stage trains."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from hiar import schedule
+    from hiar.attention import block_causal
+    from hiar.training.objectives import predict_velocity
+    from hiar.training.stages.ode_init import OdeInitStage
+    from hiar.training.trajectories import TrajectoryDataset
+
+    root = prepared()
+    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
+    model = load_model(root / "teacher/model.safetensors").eval()
+
+    def stage(source, name):
+        cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
+                                               student={"block_frames": 3}, clean_context=0.9,
+                                               clean_context_layout="prefix", clean_context_source=source))
+        st = OdeInitStage.__new__(OdeInitStage)
+        st.cfg, st.levels, st.k, st.model = cfg, cfg.student.levels, 3, model
+        st.attention = block_causal(3)
+        st.trainer = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
+        return st, cfg
+
+    endpoint, _ = stage("trajectory", "endpoint")
+    own, cfg = stage("model", "own")
+    data = TrajectoryDataset(root / "traj", levels=own.levels)
+    idx = [0, 1, 2, 3]
+    latents, text = data.batch(idx)
+    S = len(own.levels) - 1
+    step = next(k for k in range(20) if sum(own.draw_levels(k, i, 2)[0] == S for i in idx) in (1, 2, 3))
+    x_end, sigma_end, frames_end = endpoint.inputs(step, idx, latents, text)
+    x_own, sigma_own, frames_own = own.inputs(step, idx, latents, text)
+    assert torch.equal(frames_end, frames_own) and torch.equal(sigma_end, sigma_own)
+    clean = frames_own[:, 0] == S  # the samples whose first block is clean
+    assert torch.equal(x_end[clean][:, :, :3], latents[clean][:, S, :, :3])
+    with torch.no_grad():  # the reference: the whole clip at the last noisy level, first block kept
+        state = latents[:, S - 1]
+        sigma = torch.full((4, 6), float(own.levels[S - 1]), dtype=torch.float64)
+        estimate = schedule.x0_from_velocity(state, predict_velocity(model, state, sigma, text, block_causal(3)).float(), sigma)
+    torch.testing.assert_close(x_own[clean][:, :, :3], estimate[clean][:, :, :3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(x_own[clean][:, :, :3], x_end[clean][:, :, :3], atol=1e-3)
+    assert torch.equal(x_own[~clean], x_end[~clean]) and torch.equal(x_own[:, :, 3:], x_end[:, :, 3:])
+    run_stage(cfg)
+    log = [json.loads(x) for x in (tmp_path / "own/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    with pytest.raises(ValueError, match="clean_context_source"):
+        stage("teacher", "typo")
+
+
 @pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])
 def test_dmd_methods_run(tmp_path, method, fkl_attention):
     root = prepared()

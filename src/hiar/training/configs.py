@@ -237,6 +237,11 @@ class OdeInitConfig(TrainConfig):
     # probability clean_context a sample's first k blocks (k uniform in 1 .. blocks - 1), the context every
     # block reads at Self-Forcing's steps and HiAR's exit step, where all earlier blocks are clean at once.
     clean_context_layout: str = "blocks"
+    # What a clean block holds. "trajectory": its clean endpoint, the teacher's. "model": the model's own x0
+    # estimate of it (no gradient) from its state at the student's last noisy level, every earlier block at
+    # that level too: the clean context the sampler's last step hands on, with the model's own errors in
+    # it, which a later block is then trained to continue without copying them.
+    clean_context_source: str = "trajectory"
 
     def __post_init__(self):
         super().__post_init__()
@@ -246,6 +251,8 @@ class OdeInitConfig(TrainConfig):
             raise ValueError(f"clean_context must be in [0, 1), got {self.clean_context}")
         if self.clean_context_layout not in ("blocks", "prefix"):
             raise ValueError(f"clean_context_layout must be 'blocks' or 'prefix', got {self.clean_context_layout!r}")
+        if self.clean_context_source not in ("trajectory", "model"):
+            raise ValueError(f"clean_context_source must be 'trajectory' or 'model', got {self.clean_context_source!r}")
 
 
 @dataclass

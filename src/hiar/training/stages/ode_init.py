@@ -1,7 +1,8 @@
 """Stage 3, ODE init (CausVid / Self-Forcing): the causal student regresses the trajectories' clean
 endpoints from their states at the student's levels, an independent level per block, block-causal.
 With ``clean_context`` some blocks are given clean instead (context for later blocks, no loss): each
-block on its own, or a sample's first blocks (``clean_context_layout``)."""
+block on its own, or a sample's first blocks (``clean_context_layout``), as the trajectory's endpoint or
+as the model's own estimate of it (``clean_context_source``)."""
 
 from __future__ import annotations
 
@@ -41,18 +42,44 @@ class OdeInitStage(Stage):
         self.attention = block_causal(self.k)
         t.add_trainable("model", self.model, cfg.optimizer, ema_decay=cfg.ema_decay, ema_start=cfg.ema_start)
 
+    def inputs(self, step: int, idx: list[int], latents: torch.Tensor, text: torch.Tensor):
+        """The model's input ``x``, its per-frame levels ``sigma`` and level indices ``[B, F]`` (S: clean)."""
+        S = len(self.levels) - 1
+        nb = latents.shape[3] // self.k
+        level_index = torch.tensor([self.draw_levels(step, i, nb) for i in idx])
+        per_frame = level_index.repeat_interleave(self.k, dim=1)  # [B, F]
+        x = per_block_inputs(latents, level_index, self.k).to(self.trainer.device)
+        if self.cfg.clean_context_source == "model" and bool((per_frame == S).any()):
+            x = self.own_clean_context(latents, per_frame, text, x)
+        return x, self.levels[per_frame], per_frame  # sigma in float64; 0 for a clean block
+
+    @torch.no_grad()
+    def own_clean_context(self, latents: torch.Tensor, per_frame: torch.Tensor, text: torch.Tensor,
+                          x: torch.Tensor) -> torch.Tensor:
+        """``x`` with every clean frame replaced by the model's x0 estimate from the trajectory's state at
+        the last noisy level (every block there). Block-causal, so the frames up to the last clean one
+        are all the call needs."""
+        S = len(self.levels) - 1
+        clean = per_frame == S
+        upto = int(clean.nonzero()[:, 1].max()) + 1
+        B = latents.shape[0]
+        state = latents[:, S - 1, :, :upto].to(x.device)
+        sigma = torch.full((B, upto), float(self.levels[S - 1]), dtype=torch.float64)
+        with self.trainer.autocast():
+            velocity = predict_velocity(self.model, state, sigma, text.to(x.device), self.attention)
+        own = schedule.x0_from_velocity(state, velocity.float(), sigma).to(x.dtype)
+        x = x.clone()
+        mask = clean[:, None, :upto, None, None].to(x.device)
+        x[:, :, :upto] = torch.where(mask, own, x[:, :, :upto])
+        return x
+
     def step(self, step: int) -> dict[str, float]:
         cfg, t = self.cfg, self.trainer
         idx = t.indices(step)
         latents, text = self.data.batch(idx)  # [B, S+1, C, F, H, W]
         S = len(self.levels) - 1
-        nb = latents.shape[3] // self.k
-        level_index = torch.tensor([self.draw_levels(step, i, nb) for i in idx])
-        x = per_block_inputs(latents, level_index, self.k)
-        per_frame = level_index.repeat_interleave(self.k, dim=1)  # [B, F]
-        sigma = self.levels[per_frame]  # float64; 0 for a clean block
-        target = latents[:, S]
-        x, target, text = (v.to(t.device) for v in (x, target, text))
+        x, sigma, per_frame = self.inputs(step, idx, latents, text)
+        target, text = latents[:, S].to(t.device), text.to(t.device)
         with t.autocast():
             velocity = predict_velocity(self.model, x, sigma, text, self.attention)
         x0 = schedule.x0_from_velocity(x, velocity.float(), sigma)
