@@ -496,6 +496,8 @@ def summary_table(results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    from hiar.sampling import Transition
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Details: the module docstring of scripts/evaluate_shapes.py and docs/metrics.md.")
     p.add_argument("--model", action="append", default=None, metavar="LABEL=PATH:METHOD",
@@ -511,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
     p.add_argument("--sink", type=int, default=0,
                    help="students' KV sink: the first latent frames every block also reads (default: %(default)s)")
-    p.add_argument("--transition", choices=["renoise", "euler"], default=None,
+    p.add_argument("--transition", choices=[t.value for t in Transition], default=None,
                    help="students' step between levels (default: each method's own, renoise)")
     p.add_argument("--batch-size", type=int, default=None, help="prompts per sampler run (default: all at once)")
     p.add_argument("--reference-clips", type=int, default=8, help="real clips per prompt for the scorer's references")
