@@ -205,11 +205,13 @@ def student_config(method: str, *, window: int, sink: int, transition: str | Non
 @torch.no_grad()
 def sample_students(model, world, prompts: list[str], seeds: list[int], num_frames: int, method: str, *,
                     window: int = KV_WINDOW, sink: int = 0, transition: str | None = None,
-                    batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+                    batch_size: int | None = None, progress: bool = False,
+                    initial_latents: torch.Tensor | None = None) -> torch.Tensor:
     """Pixels ``[B, 3, num_frames, H, W]`` in [-1, 1] of a causal student, as ``hiar generate`` makes
     them, all prompts of a batch in one sampler run (each with its own seed). ``transition`` (None: the
     method's own) is the step between levels. ``progress``: a bar over the blocks (a 336-frame job of
-    32 prompts runs for an hour or more on a CPU)."""
+    32 prompts runs for an hour or more on a CPU). ``initial_latents`` ``[B, C, G k, H, W]``: given
+    frames (whole blocks) each video continues, context only (the generated frames are returned)."""
     from tqdm import tqdm
 
     from hiar.generate import num_blocks_for
@@ -224,7 +226,9 @@ def sample_students(model, world, prompts: list[str], seeds: list[int], num_fram
               disable=not progress, file=sys.stderr) as bar:
         for a in starts:
             text = world.text_encoder.encode(prompts[a:a + step]).to(model.device, model.dtype)
-            sampler = GridSampler(model, config, text, seeds=seeds[a:a + step], latent_shape=world.latent_shape)
+            given = None if initial_latents is None else initial_latents[a:a + step]
+            sampler = GridSampler(model, config, text, seeds=seeds[a:a + step], latent_shape=world.latent_shape,
+                                  initial_latents=given)
             blocks = []
             for _, block in sampler.stream(n_blocks):
                 blocks.append(block)

@@ -255,3 +255,28 @@ def test_transition_reaches_the_sampler_and_is_recorded(random_toy, tmp_path):
             "--transition", "euler", "--out", str(tmp_path), "--no-figures", "--no-progress"]
     assert ev.main(argv) == 0
     assert json.loads((tmp_path / "rnd-f3.json").read_text())["sampler"]["transition"] == "euler"
+
+
+def test_given_latents_are_each_videos_own_context(random_toy):
+    """initial_latents: each prompt's video continues its own given block (sliced per batch), as
+    GridSampler does with them, and reads it (a trained model: random weights ignore their context)."""
+    from hiar.checkpoint import load_model
+    from hiar.generate import bundled_model_path, shapes_world
+    from hiar.sampling import GridSampler
+
+    model = load_model(bundled_model_path("hiar")).eval()
+    world = shapes_world(model)
+    prompts, seeds = ["a red circle", "a fast blue square"], [3, 4]
+    torch.manual_seed(0)
+    given = torch.randn(2, world.latent_shape[0], 3, *world.latent_shape[1:])
+    plain = ev.sample_students(model, world, prompts, seeds, 3, "hiar")
+    continued = ev.sample_students(model, world, prompts, seeds, 3, "hiar", batch_size=1, initial_latents=given)
+    assert not torch.equal(plain, continued)
+    config = ev.student_config("hiar", window=ev.KV_WINDOW, sink=0, transition=None)
+    for b in range(2):
+        text = world.text_encoder.encode([prompts[b]])
+        with torch.no_grad():
+            sampler = GridSampler(model, config, text, seeds=[seeds[b]], latent_shape=world.latent_shape,
+                                  initial_latents=given[b:b + 1])
+            reference = world.codec.decode(sampler.sample(1).float()).clamp(-1, 1)
+        torch.testing.assert_close(continued[b:b + 1], reference)

@@ -30,7 +30,6 @@ import evaluate_shapes as es  # noqa: E402
 
 from hiar.eval.shapes_scores import ShapesScorer  # noqa: E402
 from hiar.generate import load_shapes_model, shapes_world  # noqa: E402
-from hiar.sampling import GridSampler  # noqa: E402
 from hiar.world.shapes import default_world  # noqa: E402
 
 GIVEN = FIRST = 42  # frames given / generated after them (whole blocks of 3)
@@ -50,14 +49,10 @@ def main() -> None:
     scorer = ShapesScorer(world, reference_clips=8)
     model, _ = load_shapes_model(args.model, "hiar")
     gen = shapes_world(model)
-    config = es.student_config("hiar", window=es.KV_WINDOW, sink=0, transition=None)
-    text = gen.text_encoder.encode(prompts).to(model.device, model.dtype)
     seeds = list(range(args.prompts))
 
     def sample(given: torch.Tensor | None, frames: int) -> np.ndarray:
-        sampler = GridSampler(model, config, text, seeds=seeds, latent_shape=gen.latent_shape, initial_latents=given)
-        blocks = [b for _, b in sampler.stream(frames // config.block_frames)]
-        return es.as_uint8(gen.codec.decode(torch.cat(blocks, 2).float()).clamp(-1, 1))
+        return es.as_uint8(es.sample_students(model, gen, prompts, seeds, frames, "hiar", initial_latents=given))
 
     def quality(videos: np.ndarray) -> list[float]:
         return [round(scorer.score(v, p).quality, 4) for v, p in zip(videos, prompts)]
