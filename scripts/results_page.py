@@ -228,7 +228,8 @@ def render(results: list[dict], claims: str | None = None, experiments: dict | N
                   "Each row changes one thing of the recipe (the folder's `about.txt`; JSON under "
                   f"`results/{EXPERIMENTS}/`) and is evaluated like the bundled models above; compare with the rows of the "
                   "models whose recipe it changed (`patch4-models`: the patch-4 recipe, which every row before the "
-                  "patch-2 models changed).",
+                  "patch-2 models changed). Rows of 8 prompts are the first 8 held-out prompts, the 32 of the "
+                  "tables above: compare them with a model's first 8 videos, not with its 32-prompt mean.",
                   "", *experiment_rows(experiments), ""]
     body = claims.strip() if claims and claims.strip() else \
         "_Not filled yet._ A later script compares the paper's claims with the numbers above and writes " \
@@ -247,12 +248,13 @@ def load_experiments(folder: Path) -> dict[str, tuple[str, list[dict]]]:
 
 
 def experiment_rows(experiments: dict[str, tuple[str, list[dict]]]) -> list[str]:
-    lines = ["| experiment | what changed | model | frames | semantic | dynamic | quality | total | drift |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    # Rows of 8 and of 32 prompts share this table: the count says which rows compare with which.
+    lines = ["| experiment | what changed | model | frames | prompts | semantic | dynamic | quality | total | drift |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, (about, rows) in experiments.items():
         for d in ordered(rows):
             drift = (d["drift"].get("score") or {}).get("mean")
-            lines.append(f"| {name} | {about} | {d['label']} ({d['kind']}) | {d['frames']} | "
+            lines.append(f"| {name} | {about} | {d['label']} ({d['kind']}) | {d['frames']} | {len(d['prompts'])} | "
                          + " | ".join(f3(d["scores"][k]["mean"]) for k in SCORE_KEYS) + f" | {f3(drift)} |")
     return lines
 

@@ -145,6 +145,6 @@ def test_experiments_are_listed_from_their_folders(tmp_path):
     (exp / "about.txt").write_text("teacher trained twice as long\n")
     write(tmp_path / "results" / rp.EXPERIMENTS / "no-about", [result("x", "teacher", 21, scores(0.1, 0.2, 0.3), None)])
     page = rp.render_folder(folder)
-    assert "| longer-teacher | teacher trained twice as long | hiar-t2 (student) | 84 | 0.600 | 0.700 | 0.500 | 0.600 | 0.400 |" in page
-    assert "| no-about | (no about.txt) | x (teacher) | 21 | 0.100 | 0.200 | 0.300 | 0.200 | – |" in page
+    assert "| longer-teacher | teacher trained twice as long | hiar-t2 (student) | 84 | 2 | 0.600 | 0.700 | 0.500 | 0.600 | 0.400 |" in page
+    assert "| no-about | (no about.txt) | x (teacher) | 21 | 2 | 0.100 | 0.200 | 0.300 | 0.200 | – |" in page
     assert page.index("Toward the missed targets") < page.index("## Paper claims")
