@@ -228,8 +228,9 @@ def render(results: list[dict], claims: str | None = None, experiments: dict | N
                   "Each row changes one thing of the recipe (the folder's `about.txt`; JSON under "
                   f"`results/{EXPERIMENTS}/`) and is evaluated like the bundled models above; compare with the rows of the "
                   "models whose recipe it changed (`patch4-models`: the patch-4 recipe, which every row before the "
-                  "patch-2 models changed). Rows of 8 prompts are the first 8 held-out prompts, the 32 of the "
-                  "tables above: compare them with a model's first 8 videos, not with its 32-prompt mean.",
+                  "patch-2 models changed). A row of n prompts holds the first n held-out prompts of the tables "
+                  "above (other prompt seeds are named): compare an 8-prompt row with a model's first 8 videos, "
+                  "not with its 32-prompt mean.",
                   "", *experiment_rows(experiments), ""]
     body = claims.strip() if claims and claims.strip() else \
         "_Not filled yet._ A later script compares the paper's claims with the numbers above and writes " \
@@ -247,6 +248,12 @@ def load_experiments(folder: Path) -> dict[str, tuple[str, list[dict]]]:
     return out
 
 
+def prompt_count(d: dict) -> str:
+    """How many held-out prompts a row has, with its prompt seed where that is not the tables' 12345."""
+    seeds = sorted({spec[0] for spec in d.get("prompt_specs") or []} - {12345})
+    return f"{len(d['prompts'])}" + (f" (seed {', '.join(map(str, seeds))})" if seeds else "")
+
+
 def experiment_rows(experiments: dict[str, tuple[str, list[dict]]]) -> list[str]:
     # Rows of 8 and of 32 prompts share this table: the count says which rows compare with which.
     lines = ["| experiment | what changed | model | frames | prompts | semantic | dynamic | quality | total | drift |",
@@ -254,7 +261,7 @@ def experiment_rows(experiments: dict[str, tuple[str, list[dict]]]) -> list[str]
     for name, (about, rows) in experiments.items():
         for d in ordered(rows):
             drift = (d["drift"].get("score") or {}).get("mean")
-            lines.append(f"| {name} | {about} | {d['label']} ({d['kind']}) | {d['frames']} | {len(d['prompts'])} | "
+            lines.append(f"| {name} | {about} | {d['label']} ({d['kind']}) | {d['frames']} | {prompt_count(d)} | "
                          + " | ".join(f3(d["scores"][k]["mean"]) for k in SCORE_KEYS) + f" | {f3(drift)} |")
     return lines
 

@@ -148,3 +148,6 @@ def test_experiments_are_listed_from_their_folders(tmp_path):
     assert "| longer-teacher | teacher trained twice as long | hiar-t2 (student) | 84 | 2 | 0.600 | 0.700 | 0.500 | 0.600 | 0.400 |" in page
     assert "| no-about | (no about.txt) | x (teacher) | 21 | 2 | 0.100 | 0.200 | 0.300 | 0.200 | – |" in page
     assert page.index("Toward the missed targets") < page.index("## Paper claims")
+    other = result("val", "student", 84, scores(0.1, 0.2, 0.3), None, "hiar") | {"prompt_specs": [[777, 0], [777, 1]]}
+    assert rp.experiment_rows({"validation": ("other prompts", [other])})[-1].startswith(
+        "| validation | other prompts | val (student) | 84 | 2 (seed 777) | 0.100 |")
