@@ -151,3 +151,10 @@ def test_experiments_are_listed_from_their_folders(tmp_path):
     other = result("val", "student", 84, scores(0.1, 0.2, 0.3), None, "hiar") | {"prompt_specs": [[777, 0], [777, 1]]}
     assert rp.experiment_rows({"validation": ("other prompts", [other])})[-1].startswith(
         "| validation | other prompts | val (student) | 84 | 2 (seed 777) | 0.100 |")
+
+
+def test_the_pages_copies_of_the_evaluations_settings_agree_with_it():
+    """results_page reads the JSON without importing the evaluator (and torch): its copies must match."""
+    ev = load_script("evaluate_shapes")
+    assert (rp.SCHEMA, rp.SCORE_KEYS, rp.PROMPT_SEED, rp.DEFAULT_PROMPTS) == \
+        (ev.SCHEMA, ev.SCORE_KEYS, ev.PROMPT_SEED, ev.DEFAULT_PROMPTS)
