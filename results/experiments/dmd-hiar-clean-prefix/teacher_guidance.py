@@ -9,14 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 import evaluate_shapes as es  # noqa: E402
-from hiar.checkpoint import load_model  # noqa: E402
 from hiar.eval.drift import DriftSuite  # noqa: E402
 from hiar.eval.shapes_scores import ShapesScorer  # noqa: E402
-from hiar.generate import shapes_world  # noqa: E402
 from hiar.world.shapes import default_world  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -28,20 +24,18 @@ args = parser.parse_args()
 
 world = default_world()
 specs = es.held_out_specs(world, args.prompts)
-prompts = [world.prompt(s) for s in specs]
 scorer, suite = ShapesScorer(world, reference_clips=8), DriftSuite(segments=5)
-model = load_model(args.teacher, device="cpu").eval()
-gen_world = shapes_world(model)
-text = gen_world.text_encoder.encode(prompts)
+teacher, models = es.Entry(es.TEACHER_LABEL, "teacher", args.teacher), {}
 results = {}
 for g in args.guidance:
-    latents = es.sample_teacher(model, text, list(range(len(prompts))), gen_world.latent_shape, guidance=g)
-    scored = es.score_videos(es.as_uint8(gen_world.codec.decode(latents).clamp(-1, 1)), prompts, scorer, suite)
-    videos = scored["per_video"]
+    # the evaluation's own teacher job (sampling and scoring), at another guidance
+    settings = es.Settings(num_prompts=args.prompts, teacher_guidance=g)
+    payload, _ = es.run_job(teacher, es.TEACHER_FRAMES, settings, world, specs, scorer, suite, models)
+    videos = payload["per_video"]
     details = {k: sum(v["details"][k] for v in videos) / len(videos) for k in videos[0]["details"]}
-    results[str(g)] = {k: scored["scores"][k]["mean"] for k in es.SCORE_KEYS} | {"details": details}
+    results[str(g)] = {k: payload["scores"][k]["mean"] for k in es.SCORE_KEYS} | {"details": details}
     print(g, json.dumps(results[str(g)]), flush=True)
     Path(args.out).write_text(json.dumps({"teacher": args.teacher, "frames": es.TEACHER_FRAMES,
                                           "steps": es.TEACHER_STEPS, "shift": es.TEACHER_SHIFT,
-                                          "prompt_specs": [[es.PROMPT_SEED, i] for i in range(len(prompts))],
-                                          "seeds": list(range(len(prompts))), "by_guidance": results}, indent=1) + "\n")
+                                          "prompt_specs": [[es.PROMPT_SEED, i] for i in range(len(specs))],
+                                          "seeds": list(range(len(specs))), "by_guidance": results}, indent=1) + "\n")
