@@ -149,6 +149,56 @@ def test_ode_init_clean_context_from_the_model_is_its_own_estimate(tmp_path):
         stage("teacher", "typo")
 
 
+def test_ode_init_perturbed_clean_context_is_renoised_but_labelled_clean(tmp_path):
+    """clean_context_noise m: each sample's clean frames are its endpoint renoised (Eq. 1) with keyed noise
+    to one keyed level in [0, m], while their sigma stays 0; the noisy frames are untouched; a second call
+    (a resumed run) perturbs alike; and the stage trains."""
+    from hiar import schedule
+    from hiar.training import keys
+    from hiar.training.stages.ode_init import OdeInitStage
+    from hiar.training.trajectories import TrajectoryDataset
+
+    root = prepared()
+    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
+
+    def stage(noise, name):
+        cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
+                                               student={"block_frames": 3}, clean_context=0.9,
+                                               clean_context_layout="prefix", clean_context_noise=noise))
+        st = OdeInitStage.__new__(OdeInitStage)
+        st.cfg, st.levels, st.k = cfg, cfg.student.levels, 3
+        st.trainer = type("T", (), {"device": torch.device("cpu")})()
+        return st, cfg
+
+    plain, _ = stage(0.0, "plain")
+    noisy, cfg = stage(0.4, "noisy")
+    data = TrajectoryDataset(root / "traj", levels=noisy.levels)
+    idx = [0, 1, 2, 3]
+    latents, text = data.batch(idx)
+    S = len(noisy.levels) - 1
+    step = next(k for k in range(20) if sum(noisy.draw_levels(k, i, 2)[0] == S for i in idx) in (1, 2, 3))
+    x_plain, sigma_plain, frames_plain = plain.inputs(step, idx, latents, text)
+    x_noisy, sigma_noisy, frames_noisy = noisy.inputs(step, idx, latents, text)
+    assert torch.equal(sigma_noisy, sigma_plain) and torch.equal(frames_noisy, frames_plain)
+    clean = frames_noisy == S  # [B, F]
+    assert bool(clean.any()) and not bool(clean.all())
+    assert torch.equal(x_noisy.permute(0, 2, 1, 3, 4)[~clean], x_plain.permute(0, 2, 1, 3, 4)[~clean])
+    for row, sample in enumerate(idx):
+        if not bool(clean[row].any()):
+            continue
+        level = 0.4 * keys.uniform(cfg.seed, "ode-clean-noise", step, sample)
+        noise = keys.randn(x_plain.shape[1:], cfg.seed, "ode-clean-noise", step, sample)
+        expected = schedule.add_noise(x_plain[row][:, clean[row]], noise[:, clean[row]], level)
+        torch.testing.assert_close(x_noisy[row][:, clean[row]], expected)
+        assert 0 < level < 0.4 and not torch.allclose(x_noisy[row][:, clean[row]], x_plain[row][:, clean[row]])
+    assert torch.equal(noisy.inputs(step, idx, latents, text)[0], x_noisy)
+    run_stage(cfg)
+    log = [json.loads(x) for x in (tmp_path / "noisy/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    with pytest.raises(ValueError, match="clean_context_noise"):
+        stage(1.0, "typo")
+
+
 @pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])
 def test_dmd_methods_run(tmp_path, method, fkl_attention):
     root = prepared()

@@ -242,6 +242,12 @@ class OdeInitConfig(TrainConfig):
     # that level too: the clean context the sampler's last step hands on, with the model's own errors in
     # it, which a later block is then trained to continue without copying them.
     clean_context_source: str = "trajectory"
+    # The most noise a clean block is given while the model is still told it is clean (sigma 0): each
+    # sample's clean blocks are renoised to a level drawn uniformly in [0, clean_context_noise]. 0: none.
+    # Why: sampled as HiAR, a block's last step reads its own earlier outputs clean, and a model that only
+    # ever read perfect clean context copies their errors forward, block after block (the speckle,
+    # docs/training.md); perturbed context it must not copy teaches it to look through them.
+    clean_context_noise: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -253,6 +259,8 @@ class OdeInitConfig(TrainConfig):
             raise ValueError(f"clean_context_layout must be 'blocks' or 'prefix', got {self.clean_context_layout!r}")
         if self.clean_context_source not in ("trajectory", "model"):
             raise ValueError(f"clean_context_source must be 'trajectory' or 'model', got {self.clean_context_source!r}")
+        if not 0.0 <= self.clean_context_noise < 1.0:
+            raise ValueError(f"clean_context_noise must be in [0, 1), got {self.clean_context_noise}")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 endpoints from their states at the student's levels, an independent level per block, block-causal.
 With ``clean_context`` some blocks are given clean instead (context for later blocks, no loss): each
 block on its own, or a sample's first blocks (``clean_context_layout``), as the trajectory's endpoint or
-as the model's own estimate of it (``clean_context_source``)."""
+as the model's own estimate of it (``clean_context_source``), perturbed or not (``clean_context_noise``)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,23 @@ class OdeInitStage(Stage):
         x = per_block_inputs(latents, level_index, self.k).to(self.trainer.device)
         if self.cfg.clean_context_source == "model" and bool((per_frame == S).any()):
             x = self.own_clean_context(latents, per_frame, text, x)
+        if self.cfg.clean_context_noise > 0:
+            x = self.perturb_clean_context(step, idx, per_frame, x)
         return x, self.levels[per_frame], per_frame  # sigma in float64; 0 for a clean block
+
+    def perturb_clean_context(self, step: int, idx: list[int], per_frame: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with each sample's clean frames renoised to a keyed level in [0, clean_context_noise]
+        (keyed noise too, so a resumed run perturbs alike). Their sigma stays 0: the model is not told."""
+        S = len(self.levels) - 1
+        x = x.clone()
+        for row, sample in enumerate(idx):
+            clean = (per_frame[row] == S).to(x.device)
+            if not bool(clean.any()):
+                continue
+            level = self.cfg.clean_context_noise * keys.uniform(self.cfg.seed, "ode-clean-noise", step, sample)
+            noise = keys.randn(x.shape[1:], self.cfg.seed, "ode-clean-noise", step, sample).to(x.device, x.dtype)
+            x[row, :, clean] = schedule.renoise(x[row, :, clean], noise[:, clean], level)
+        return x
 
     @torch.no_grad()
     def own_clean_context(self, latents: torch.Tensor, per_frame: torch.Tensor, text: torch.Tensor,
