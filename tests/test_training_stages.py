@@ -96,40 +96,43 @@ def test_ode_init_clean_context_gives_clean_blocks_without_loss(tmp_path):
         stage(0.5, "typo", "prefixes")
 
 
-def test_ode_init_clean_context_from_the_model_is_its_own_estimate(tmp_path):
-    """clean_context_source: model gives each clean block as the model's x0 estimate from the trajectory's
-    state at the last noisy level (a call over those frames only, block-causal), which is not the
-    trajectory's endpoint; the noisy blocks are the same as with the endpoint; and the stage trains."""
+def ode_stage_and_batch(tmp_path, name: str, *, model=None, **overrides):
+    """An ode_init stage of the prepared micro run (clean prefix with probability 0.9 unless overridden),
+    set up without a trainer, and the first 4 trajectories with a step where 1-3 of them start clean."""
     import contextlib
     from types import SimpleNamespace
 
-    from hiar import schedule
     from hiar.attention import block_causal
-    from hiar.training.objectives import predict_velocity
     from hiar.training.stages.ode_init import OdeInitStage
     from hiar.training.trajectories import TrajectoryDataset
 
     root = prepared()
-    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
-    model = load_model(root / "teacher/model.safetensors").eval()
-
-    def stage(source, name):
-        cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
-                                               student={"block_frames": 3}, clean_context=0.9,
-                                               clean_context_layout="prefix", clean_context_source=source))
-        st = OdeInitStage.__new__(OdeInitStage)
-        st.cfg, st.levels, st.k, st.model = cfg, cfg.student.levels, 3, model
-        st.attention = block_causal(3)
-        st.trainer = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
-        return st, cfg
-
-    endpoint, _ = stage("trajectory", "endpoint")
-    own, cfg = stage("model", "own")
-    data = TrajectoryDataset(root / "traj", levels=own.levels)
+    cfg = stage_config("ode_init", common(tmp_path / name, model={"checkpoint": str(root / "teacher/model.safetensors")},
+                                           steps=2, trajectories=str(root / "traj"), student={"block_frames": 3},
+                                           **({"clean_context": 0.9, "clean_context_layout": "prefix"} | overrides)))
+    st = OdeInitStage.__new__(OdeInitStage)
+    st.cfg, st.levels, st.k, st.model, st.attention = cfg, cfg.student.levels, 3, model, block_causal(3)
+    st.trainer = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
     idx = [0, 1, 2, 3]
-    latents, text = data.batch(idx)
+    latents, text = TrajectoryDataset(root / "traj", levels=st.levels).batch(idx)
+    S = len(st.levels) - 1
+    step = next(k for k in range(20) if sum(st.draw_levels(k, i, 2)[0] == S for i in idx) in (1, 2, 3))
+    return st, cfg, (step, idx, latents, text)
+
+
+def test_ode_init_clean_context_from_the_model_is_its_own_estimate(tmp_path):
+    """clean_context_source: model gives each clean block as the model's x0 estimate from the trajectory's
+    state at the last noisy level (a call over those frames only, block-causal), which is not the
+    trajectory's endpoint; the noisy blocks are the same as with the endpoint; and the stage trains."""
+    from hiar import schedule
+    from hiar.attention import block_causal
+    from hiar.training.objectives import predict_velocity
+
+    model = load_model(prepared() / "teacher/model.safetensors").eval()
+    endpoint, _, batch = ode_stage_and_batch(tmp_path, "endpoint", model=model, clean_context_source="trajectory")
+    own, cfg, _ = ode_stage_and_batch(tmp_path, "own", model=model, clean_context_source="model")
+    step, idx, latents, text = batch
     S = len(own.levels) - 1
-    step = next(k for k in range(20) if sum(own.draw_levels(k, i, 2)[0] == S for i in idx) in (1, 2, 3))
     x_end, sigma_end, frames_end = endpoint.inputs(step, idx, latents, text)
     x_own, sigma_own, frames_own = own.inputs(step, idx, latents, text)
     assert torch.equal(frames_end, frames_own) and torch.equal(sigma_end, sigma_own)
@@ -146,7 +149,7 @@ def test_ode_init_clean_context_from_the_model_is_its_own_estimate(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "own/log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     with pytest.raises(ValueError, match="clean_context_source"):
-        stage("teacher", "typo")
+        ode_stage_and_batch(tmp_path, "typo", clean_context_source="teacher")
 
 
 def test_ode_init_perturbed_clean_context_is_renoised_but_labelled_clean(tmp_path):
@@ -155,28 +158,11 @@ def test_ode_init_perturbed_clean_context_is_renoised_but_labelled_clean(tmp_pat
     (a resumed run) perturbs alike; and the stage trains."""
     from hiar import schedule
     from hiar.training import keys
-    from hiar.training.stages.ode_init import OdeInitStage
-    from hiar.training.trajectories import TrajectoryDataset
 
-    root = prepared()
-    teacher = {"checkpoint": str(root / "teacher/model.safetensors")}
-
-    def stage(noise, name):
-        cfg = stage_config("ode_init", common(tmp_path / name, model=teacher, steps=2, trajectories=str(root / "traj"),
-                                               student={"block_frames": 3}, clean_context=0.9,
-                                               clean_context_layout="prefix", clean_context_noise=noise))
-        st = OdeInitStage.__new__(OdeInitStage)
-        st.cfg, st.levels, st.k = cfg, cfg.student.levels, 3
-        st.trainer = type("T", (), {"device": torch.device("cpu")})()
-        return st, cfg
-
-    plain, _ = stage(0.0, "plain")
-    noisy, cfg = stage(0.4, "noisy")
-    data = TrajectoryDataset(root / "traj", levels=noisy.levels)
-    idx = [0, 1, 2, 3]
-    latents, text = data.batch(idx)
+    plain, _, batch = ode_stage_and_batch(tmp_path, "plain")
+    noisy, cfg, _ = ode_stage_and_batch(tmp_path, "noisy", clean_context_noise=0.4)
+    step, idx, latents, text = batch
     S = len(noisy.levels) - 1
-    step = next(k for k in range(20) if sum(noisy.draw_levels(k, i, 2)[0] == S for i in idx) in (1, 2, 3))
     x_plain, sigma_plain, frames_plain = plain.inputs(step, idx, latents, text)
     x_noisy, sigma_noisy, frames_noisy = noisy.inputs(step, idx, latents, text)
     assert torch.equal(sigma_noisy, sigma_plain) and torch.equal(frames_noisy, frames_plain)
@@ -196,7 +182,7 @@ def test_ode_init_perturbed_clean_context_is_renoised_but_labelled_clean(tmp_pat
     log = [json.loads(x) for x in (tmp_path / "noisy/log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     with pytest.raises(ValueError, match="clean_context_noise"):
-        stage(1.0, "typo")
+        ode_stage_and_batch(tmp_path, "typo", clean_context_noise=1.0)
 
 
 @pytest.mark.parametrize("method,fkl_attention", [("self_forcing", None), ("causvid", None), ("hiar", "causal")])
