@@ -1,9 +1,11 @@
 """Copy a trained stage's model into the package as a bundled asset (float16, with provenance).
 
-    python scripts/bundle_model.py RUN_DIR NAME
+    python scripts/bundle_model.py RUN_DIR NAME [--raw]
     e.g. python scripts/bundle_model.py runs/shapes/dmd_hiar shapes-hiar
 
-Reads ``RUN_DIR/model.safetensors`` (the EMA weights the stage exported) and ``RUN_DIR/config.yaml``,
+Reads ``RUN_DIR/model.safetensors`` (the EMA weights the stage exported; with ``--raw``, the raw weights
+``RUN_DIR/model_raw.safetensors``, for a run cut short before its EMA had averaged much; the metadata
+says which) and ``RUN_DIR/config.yaml``,
 and writes ``src/hiar/assets/NAME.safetensors`` in float16 (the toy model is 1.2 M parameters: 2.4 MB)
 with metadata: the stage, its steps and seed, the recipe config it ran (as YAML) and the commit of
 the code that trained it. :func:`hiar.checkpoint.load_model` reads it back in float32.
@@ -30,15 +32,17 @@ def commit() -> str:
 
 
 def main(argv: list[str]) -> int:
+    raw = "--raw" in argv
+    argv = [a for a in argv if a != "--raw"]
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     from hiar.checkpoint import load_model, read_checkpoint, save_model
 
     run, name = Path(argv[0]), argv[1]
-    src = run / "model.safetensors"
+    src = run / ("model_raw.safetensors" if raw else "model.safetensors")
     if not src.is_file() or not (run / "config.yaml").is_file():
-        print(f"bundle_model: {run} has no finished stage (model.safetensors and config.yaml)", file=sys.stderr)
+        print(f"bundle_model: {run} has no finished stage ({src.name} and config.yaml)", file=sys.stderr)
         return 1
     meta = read_checkpoint(src).metadata
     model = load_model(src).to(torch.float16)

@@ -107,11 +107,12 @@ def test_bundled_hiar_continues_a_real_clip_with_its_objects():
     trained = continuation_details(load_model(bundled_model_path("hiar")).eval(), specs)
     torch.manual_seed(0)
     random = continuation_details(random_like_bundled(), specs)
-    # measured: trained colour 0.76, shape 0.35; random 0.11, 0.06. The student bundled until 2026-11-27
-    # (from the plain ODE init) scored 0.96 and 0.61 here; this one, trained to read clean context,
-    # continues better with the given frames entering clean (0.83, 0.54): docs/training.md, "Perturbed
-    # clean context". The patch-4 student bundled until 2026-11-26 kept the colours, 0.54, not the shapes, 0.18.
-    assert trained[0] >= 0.6 and random[0] < 0.25, (trained, random)
+    # measured: trained colour 0.91, shape 0.35; random 0.11, 0.06. The student bundled until 2026-11-27
+    # (from the plain ODE init) scored 0.96 and 0.61 here; the first one trained to read clean context (81
+    # DMD iterations, bundled for an afternoon) 0.76 and 0.35, and 0.83, 0.54 with the given frames entering
+    # clean: docs/training.md, "Perturbed clean context". The patch-4 student bundled until 2026-11-26 kept
+    # the colours, 0.54, not the shapes, 0.18.
+    assert trained[0] >= 0.8 and random[0] < 0.25, (trained, random)
     assert trained[1] >= 0.25 and trained[1] > random[1] + 0.2, (trained, random)
 
 

@@ -1,6 +1,7 @@
-"""Quality and palette fidelity of each 3-frame block of 21-frame videos (the first 8 held-out prompts,
-seeds 0-7), for several models each sampled by several methods: where along the video the speckle
-starts, and whether it grows block by block.
+"""Quality, palette fidelity, edge ratio and Nyquist share of each 3-frame block of 21-frame videos (the
+first 8 held-out prompts, seeds 0-7), for several models each sampled by several methods: where along
+the video the speckle (palette) or the scan lines (edge ratio, Nyquist share) start, and whether they
+grow block by block.
 
     .venv/bin/python results/experiments/ode-init-perturbed-context/per_block.py hiar,hiar-input-context \
         ode=src/hiar/assets/shapes-ode-init.safetensors hiar=src/hiar/assets/shapes-hiar.safetensors \
