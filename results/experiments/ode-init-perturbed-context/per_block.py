@@ -63,10 +63,10 @@ def main() -> None:
         for method in args.methods.split(","):
             with torch.no_grad():
                 videos = es.as_uint8(es.sample_students(model, gen, prompts, list(range(PROMPTS)), FRAMES, method))
-            per = [[scorer.score(v[a:a + BLOCK], p) for a in range(0, FRAMES, BLOCK)] for v, p in zip(videos, prompts)]
+            blocks = [[v[a:a + BLOCK] for a in range(0, FRAMES, BLOCK)] for v in videos]
+            per = [[scorer.score(b, p) for b in row] for row, p in zip(blocks, prompts)]
             quality = np.mean([[s.quality for s in row] for row in per], axis=0)
             palette = np.mean([[s.details["palette"] for s in row] for row in per], axis=0)
-            blocks = [[v[a:a + BLOCK] for a in range(0, FRAMES, BLOCK)] for v in videos]
             edges = np.mean([[edge_ratio(b) for b in row] for row in blocks], axis=0)
             nyquist = np.mean([[nyquist_share(b) for b in row] for row in blocks], axis=0)
             out[f"{label}:{method}"] = {"quality": quality.round(3).tolist(), "palette": palette.round(3).tolist(),
