@@ -23,6 +23,11 @@ def test_teacher_and_trajectories_outputs():
     assert load_model(root / "teacher/model.safetensors").cfg.in_dim == 3
     manifest = json.loads((root / "traj/manifest.json").read_text())
     assert manifest["num_samples"] == 4 and manifest["num_shards"] == 2
+    # one progress record per integrated batch, covering every sample once
+    records = [json.loads(x) for x in (root / "traj/log.jsonl").read_text().splitlines()]
+    batches = [r for r in records if r.get("event") == "trajectory_batch"]
+    covered = sorted(i for r in batches for i in range(r["first_sample"], r["first_sample"] + r["samples"]))
+    assert covered == [0, 1, 2, 3] and all(r["seconds"] >= 0 and 1 <= r["batch"] <= r["batches"] for r in batches)
 
 
 def test_ode_init_and_diffusion_forcing_run(tmp_path):

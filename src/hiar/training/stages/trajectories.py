@@ -4,6 +4,7 @@ saved exactly at the student's levels, as safetensors shards (resumable: finishe
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -47,12 +48,17 @@ class TrajectoriesStage(Stage):
 
     @torch.no_grad()
     def generate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Trajectories ``[n, S+1, C, F, H, W]``, text ``[n, L, D]`` and prompts of these samples."""
+        """Trajectories ``[n, S+1, C, F, H, W]``, text ``[n, L, D]`` and prompts of these samples.
+
+        Each integrated batch adds a ``trajectory_batch`` record to the log: a shard can take an hour on
+        a CPU, and this is how its progress shows (``tail -f log.jsonl``)."""
         cfg, t = self.cfg, self.trainer
         prompts = [self.source.prompt(i) for i in indices]
         text = self.source.text(prompts)
         out = []
+        batches = math.ceil(len(indices) / cfg.batch_size)
         for a in range(0, len(indices), cfg.batch_size):
+            started = time.perf_counter()
             chunk = indices[a:a + cfg.batch_size]
             cond = text[a:a + len(chunk)].to(t.device)
             uncond = self.uncond[:len(chunk)]
@@ -66,6 +72,9 @@ class TrajectoriesStage(Stage):
             states, taken = solve_ode(velocity, noise, self.grid, self.levels)
             assert taken == [float(s) for s in self.levels]
             out.append(states.cpu())
+            t.log({"event": "trajectory_batch", "first_sample": chunk[0], "samples": len(chunk),
+                   "batch": a // cfg.batch_size + 1, "batches": batches,
+                   "seconds": round(time.perf_counter() - started, 3)})
         return torch.cat(out), text, prompts
 
     def step(self, step: int) -> dict[str, float]:
