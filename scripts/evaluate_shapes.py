@@ -30,6 +30,12 @@ row as ``OUT/frames/<label>-f<frames>.npz`` (uint8, for the contact sheets), and
 ``drift-f<frames>.png`` (per-segment drift statistics per model) and ``shapes-f<frames>.png``
 (per-segment shapes scores). A (model, length) whose JSON exists with the same settings is skipped
 (so an interrupted run resumes); ``--force`` recomputes it.
+
+Parts: ``--first-prompt A --prompts N`` evaluates held-out prompts A .. A+N-1 only (each with its own
+spec and seed, as in the whole run), into a folder of its own; ``--merge PART.json ...`` then writes
+the (model, length) JSON of all their prompts, equal to what one run over them writes
+(:func:`merge_parts`), and the figures. A 336-frame row of the HiAR student takes two hours on a
+2-core CPU: parts let it be made in sittings.
 """
 
 from __future__ import annotations
@@ -76,9 +82,9 @@ class Entry:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def held_out_specs(world, n: int, prompt_seed: int = PROMPT_SEED) -> list:
-    """The evaluation specs: ``world.sample_spec((prompt_seed, i))`` for ``i < n``."""
-    return [world.sample_spec((prompt_seed, i)) for i in range(n)]
+def held_out_specs(world, n: int, prompt_seed: int = PROMPT_SEED, first: int = 0) -> list:
+    """The evaluation specs: ``world.sample_spec((prompt_seed, i))`` for ``first <= i < first + n``."""
+    return [world.sample_spec((prompt_seed, i)) for i in range(first, first + n)]
 
 
 def parse_model_arg(text: str) -> Entry:
@@ -258,25 +264,31 @@ def _mean_std(values: list[float]) -> dict:
 
 def score_videos(videos: np.ndarray, prompts: list[str], scorer, suite) -> dict:
     """Shapes scores and drift of uint8 videos ``[B, F, H, W, 3]`` against their prompts."""
-    per_video, drift_reports = [], []
+    per_video = []
     for b, (video, prompt) in enumerate(zip(videos, prompts)):
         s = scorer.score(video, prompt)
         entry = {"prompt": prompt, **{k: getattr(s, k) for k in SCORE_KEYS},
                  "details": s.details, "segments": s.segments}
         if video.shape[0] >= 2 * suite.segments:
             r = suite.evaluate(video, name=f"video {b}")
-            drift_reports.append(r)
-            entry["drift"], entry["drift_slopes"] = r.score, r.slopes
+            entry["drift"], entry["drift_slopes"], entry["drift_segment_values"] = r.score, r.slopes, r.segment_values
         else:
             entry["drift"], entry["drift_slopes"] = None, None
         per_video.append(entry)
+    return summarise(per_video, suite, num_frames=videos.shape[1])
+
+
+def summarise(per_video: list[dict], suite, num_frames: int) -> dict:
+    """The means over videos of what :func:`score_videos` measured per video (also what merges parts)."""
     scores = {k: _mean_std([e[k] for e in per_video]) for k in SCORE_KEYS}
     segs = [e["segments"] for e in per_video if e["segments"].get("total")]
     segments = {k: np.mean([s[k] for s in segs], axis=0).tolist() for k in SCORE_KEYS} if segs else {}
-    if drift_reports:
-        agg = suite.aggregate(drift_reports, name="mean")
+    drifting = [e for e in per_video if e["drift"] is not None]
+    if drifting:
+        agg = suite.aggregate_values([e["drift_segment_values"] for e in drifting], [e["drift"] for e in drifting],
+                                     name="mean", num_frames=num_frames)
         drift = {
-            "score": _mean_std([r.score for r in drift_reports]),
+            "score": _mean_std([e["drift"] for e in drifting]),
             "segments": suite.segments,
             "backends": suite.backends,
             "weights": suite.weights,
@@ -287,7 +299,7 @@ def score_videos(videos: np.ndarray, prompts: list[str], scorer, suite) -> dict:
         }
     else:
         drift = {"score": None, "segments": suite.segments, "backends": suite.backends,
-                 "note": f"videos of {videos.shape[1]} frames are too short for {suite.segments} drift segments"}
+                 "note": f"videos of {num_frames} frames are too short for {suite.segments} drift segments"}
     return {"scores": scores, "segments": segments, "drift": drift, "per_video": per_video}
 
 
@@ -295,6 +307,7 @@ def score_videos(videos: np.ndarray, prompts: list[str], scorer, suite) -> dict:
 @dataclass
 class Settings:
     num_prompts: int = DEFAULT_PROMPTS
+    first_prompt: int = 0  # evaluate prompts first_prompt .. first_prompt + num_prompts - 1 (a part; see --merge)
     prompt_seed: int = PROMPT_SEED
     seed: int = 0
     window: int = KV_WINDOW
@@ -309,6 +322,13 @@ class Settings:
     batch_size: int | None = None
     device: str = "cpu"
     progress: bool = False  # a bar over a student's blocks (not part of a result's identity)
+
+    def prompt_indices(self) -> range:
+        return range(self.first_prompt, self.first_prompt + self.num_prompts)
+
+    def seeds(self) -> list[int]:
+        """The sampler seed of held-out prompt i is ``seed + i``, whichever part evaluates it."""
+        return [self.seed + i for i in self.prompt_indices()]
 
 
 def device_name(device: str) -> str:
@@ -355,7 +375,7 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
     from hiar.generate import shapes_world
 
     prompts = [world.prompt(s) for s in specs]
-    seeds = None if entry.kind == "real" else [settings.seed + i for i in range(len(specs))]
+    seeds = None if entry.kind == "real" else settings.seeds()
     t0 = time.perf_counter()
     sampler: dict | None = None
     meta, model_config = None, None
@@ -406,7 +426,7 @@ def run_job(entry: Entry, frames: int, settings: Settings, world, specs: list, s
         "model_metadata": meta,
         "model_config": model_config,
         "sampler": sampler,
-        "prompt_specs": [[settings.prompt_seed, i] for i in range(len(specs))],
+        "prompt_specs": [[settings.prompt_seed, i] for i in settings.prompt_indices()],
         "num_prompts": len(specs),
         "world": {"height": world.config.height, "width": world.config.width},
         "scorer": {"reference_clips": settings.reference_clips, "segments": scorer.segments},
@@ -429,6 +449,61 @@ def existing_matches(path: Path, expected: dict) -> bool:
     """Whether the JSON at ``path`` was made for this job (same model, prompts, seeds, frames)."""
     data = json.loads(path.read_text())
     return all(data.get(k) == v for k, v in expected.items())
+
+
+# ---------------------------------------------------------------------------------------- parts
+SAME_IN_EVERY_PART = ("schema", "label", "kind", "model_path", "model_sha256", "method", "frames", "model_config",
+                      "sampler", "world", "scorer")
+
+
+def merge_parts(paths: list[Path]) -> tuple[dict, Path]:
+    """One JSON from parts that evaluated disjoint prompt ranges of one (model, length) (``--first-prompt``):
+    the per-video entries in prompt order and the means recomputed from them, as one run over all the
+    prompts would have written them. Returns the payload and the frames file of the part holding the
+    first prompt. A 336-frame row takes two hours on a 2-core CPU; parts let it be made in pieces."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"evaluate_shapes: --merge: cannot read {path}: {err}") from None
+    first_path, first = parts[0]
+    for path, d in parts:
+        if d.get("schema") != SCHEMA:
+            raise SystemExit(f"evaluate_shapes: --merge: {path} is not a {SCHEMA} result")
+        differ = [k for k in SAME_IN_EVERY_PART if d.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"evaluate_shapes: --merge: {path} differs from {first_path} in {', '.join(differ)}")
+        if any(e["drift"] is not None and "drift_segment_values" not in e for e in d["per_video"]):
+            raise SystemExit(f"evaluate_shapes: --merge: {path} has no per-video drift segment values "
+                             f"(written before they were stored): evaluate that part again")
+    from hiar.eval.drift import DriftSuite
+
+    suite = DriftSuite(segments=first["drift"]["segments"])
+    rows, seen = [], {}
+    for path, d in parts:
+        seeds = d["seeds"] or [None] * d["num_prompts"]
+        for spec, prompt, seed, entry in zip(d["prompt_specs"], d["prompts"], seeds, d["per_video"]):
+            if tuple(spec) in seen:
+                raise SystemExit(f"evaluate_shapes: --merge: prompt {spec} is in both {seen[tuple(spec)]} and {path}")
+            seen[tuple(spec)] = path
+            rows.append((tuple(spec), prompt, seed, entry))
+    rows.sort(key=lambda r: r[0])
+    per_video = [r[3] for r in rows]
+    payload = dict(first)
+    payload.update({
+        "prompts": [r[1] for r in rows],
+        "seeds": None if first["seeds"] is None else [r[2] for r in rows],
+        "prompt_specs": [list(r[0]) for r in rows],
+        "num_prompts": len(rows),
+        **summarise(per_video, suite, num_frames=first["frames"]),
+        "timing_s": {k: round(sum(d["timing_s"][k] for _, d in parts), 3) for k in first["timing_s"]},
+        "device": ", ".join(sorted({str(d.get("device")) for _, d in parts})),
+        "parts": [{"file": display_path(str(path)), "prompt_specs": [d["prompt_specs"][0], d["prompt_specs"][-1]],
+                   "code": d["code"], "device": d.get("device"), "timing_s": d["timing_s"]} for path, d in parts],
+    })
+    holder = seen[rows[0][0]]
+    return payload, frames_path(holder.parent, first["label"], first["frames"])
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -512,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-real", action="store_true", help="do not evaluate the real clips (the reference row)")
     p.add_argument("--frames", type=int, nargs="+", default=list(DEFAULT_FRAMES), help="video lengths (default: 84 336)")
     p.add_argument("--prompts", type=int, default=DEFAULT_PROMPTS, help="held-out prompts (default: %(default)s)")
+    p.add_argument("--first-prompt", type=int, default=0,
+                   help="evaluate held-out prompts FIRST .. FIRST + PROMPTS - 1 only: a part, for --merge (default: 0)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART_JSON",
+                   help="merge parts of one (model, length) made with --first-prompt into OUT/<label>-f<frames>.json, "
+                        "then write the figures; nothing is sampled")
     p.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="specs are sample_spec((PROMPT_SEED, i)) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed of prompt i is SEED + i (default: %(default)s)")
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
@@ -538,9 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     from hiar.world.shapes import default_world
 
     args = build_parser().parse_args(argv)
-    if args.prompts < 1 or any(f < 3 for f in args.frames):
-        raise SystemExit("evaluate_shapes: need --prompts >= 1 and every --frames >= 3")
-    settings = Settings(num_prompts=args.prompts, prompt_seed=args.prompt_seed, seed=args.seed, window=args.window,
+    if args.merge:
+        return merge_main([Path(p) for p in args.merge], Path(args.out), Path(args.figures), args.no_figures)
+    if args.prompts < 1 or args.first_prompt < 0 or any(f < 3 for f in args.frames):
+        raise SystemExit("evaluate_shapes: need --prompts >= 1, --first-prompt >= 0 and every --frames >= 3")
+    settings = Settings(num_prompts=args.prompts, first_prompt=args.first_prompt, prompt_seed=args.prompt_seed,
+                        seed=args.seed, window=args.window,
                         sink=args.sink, transition=args.transition,
                         reference_clips=args.reference_clips, batch_size=args.batch_size, device=args.device,
                         progress=not args.no_progress)
@@ -575,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out, figures = Path(args.out), Path(args.figures)
     world = default_world()
-    specs = held_out_specs(world, settings.num_prompts, settings.prompt_seed)
+    specs = held_out_specs(world, settings.num_prompts, settings.prompt_seed, settings.first_prompt)
     prompts = [world.prompt(s) for s in specs]
     scorer = ShapesScorer(world, reference_clips=settings.reference_clips)
     suite = DriftSuite(segments=settings.drift_segments)
@@ -586,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry, frames in bar:
         bar.set_postfix_str(f"{entry.label} @ {frames} frames")
         path = job_path(out, entry.label, frames)
-        seeds = None if entry.kind == "real" else [settings.seed + i for i in range(len(specs))]
+        seeds = None if entry.kind == "real" else settings.seeds()
         if path.exists() and not args.force:
             if not existing_matches(path, identity(entry, frames, settings, prompts, seeds)):
                 raise SystemExit(f"evaluate_shapes: {path} exists but was made with other settings (model, prompts, "
@@ -607,6 +690,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluate_shapes: {len(done)} written, {len(skipped)} skipped (exist; --force to redo) in {out}", file=sys.stderr)
     if not args.no_figures and results:
         for p in write_figures(out, figures, lengths):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def merge_main(parts: list[Path], out: Path, figures: Path, no_figures: bool) -> int:
+    import shutil
+
+    payload, frames_file = merge_parts(parts)
+    path = job_path(out, payload["label"], payload["frames"])
+    if frames_file.is_file():
+        target = frames_path(out, payload["label"], payload["frames"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(frames_file, target)
+    write_json(path, payload)
+    print(summary_table([payload]))
+    print(f"evaluate_shapes: merged {len(parts)} parts ({payload['num_prompts']} prompts) into {path}", file=sys.stderr)
+    if not no_figures:
+        for p in write_figures(out, figures, [payload["frames"]]):
             print(f"wrote {p}", file=sys.stderr)
     return 0
 

@@ -280,3 +280,35 @@ def test_given_latents_are_each_videos_own_context(random_toy):
                                   initial_latents=given[b:b + 1])
             reference = world.codec.decode(sampler.sample(1).float()).clamp(-1, 1)
         torch.testing.assert_close(continued[b:b + 1], reference)
+
+
+def test_parts_over_prompt_ranges_merge_into_the_whole_run(random_toy, tmp_path, capsys):
+    """--first-prompt parts merged with --merge give the JSON one run over all the prompts writes
+    (each prompt sampled alone, --batch-size 1, so batching cannot change a number)."""
+    common = ["--model", f"sf={random_toy}:self-forcing", "--no-teacher", "--frames", "15", "--batch-size", "1",
+              "--no-progress", "--no-figures"]
+    assert ev.main([*common, "--prompts", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert ev.main([*common, "--prompts", "2", "--out", str(tmp_path / "a")]) == 0
+    assert ev.main([*common, "--prompts", "1", "--first-prompt", "2", "--out", str(tmp_path / "b")]) == 0
+    b = json.loads((tmp_path / "b" / "sf-f15.json").read_text())
+    assert b["seeds"] == [2] and b["prompt_specs"] == [[12345, 2]]  # prompt 2 keeps its own spec and seed
+    for label in ("sf", "real"):
+        parts = [str(tmp_path / part / f"{label}-f15.json") for part in ("b", "a")]  # any order
+        assert ev.main(["--merge", *parts, "--out", str(tmp_path / "merged"), "--no-figures"]) == 0
+        whole = json.loads((tmp_path / "whole" / f"{label}-f15.json").read_text())
+        merged = json.loads((tmp_path / "merged" / f"{label}-f15.json").read_text())
+        for key in ("prompts", "seeds", "prompt_specs", "num_prompts", "scores", "segments", "drift", "per_video",
+                    "model_sha256", "sampler"):
+            assert merged[key] == whole[key], key  # the same sums in the same order: equal, not close
+        assert [p["prompt_specs"] for p in merged["parts"]] == [[[12345, 2], [12345, 2]], [[12345, 0], [12345, 1]]]
+        np.testing.assert_array_equal(np.load(tmp_path / "merged" / "frames" / f"{label}-f15.npz")["video"],
+                                      np.load(tmp_path / "whole" / "frames" / f"{label}-f15.npz")["video"])
+    # the merged file stands for the whole job: a run over all 3 prompts skips it
+    assert ev.main([*common, "--prompts", "3", "--no-real", "--out", str(tmp_path / "merged")]) == 0
+    assert "0 written, 1 skipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"prompt \[12345, 0\] is in both"):
+        ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "whole" / "sf-f15.json"])
+    with pytest.raises(SystemExit, match=r"differs from .* in label, kind, model_path, model_sha256, method"):
+        ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "b" / "real-f15.json"])
+    with pytest.raises(SystemExit, match=r"cannot read .*missing.json"):
+        ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "missing.json"])

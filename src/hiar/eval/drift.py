@@ -241,12 +241,20 @@ class DriftSuite:
         """A method's report: per-segment values averaged over its videos, score = mean of scores."""
         if not reports:
             raise ValueError(f"{name}: no videos to aggregate")
-        values = {slot: np.mean([r.segment_values[slot] for r in reports], axis=0).tolist() for slot in self.definitions}
-        out = self.report_from_values(values, name=name, num_frames=int(np.mean([r.num_frames for r in reports])),
-                                      num_videos=len(reports))
+        return self.aggregate_values([r.segment_values for r in reports], [r.score for r in reports], name=name,
+                                     num_frames=int(np.mean([r.num_frames for r in reports])))
+
+    def aggregate_values(self, segment_values: list[dict[str, list[float]]], scores: list[float], name: str,
+                         num_frames: int) -> DriftReport:
+        """:meth:`aggregate` from what each video's report holds (e.g. read back from JSON)."""
+        if not segment_values or len(segment_values) != len(scores):
+            raise ValueError(f"{name}: need one score per video's segment values, got {len(scores)} and "
+                             f"{len(segment_values)}")
+        values = {slot: np.mean([v[slot] for v in segment_values], axis=0).tolist() for slot in self.definitions}
+        out = self.report_from_values(values, name=name, num_frames=num_frames, num_videos=len(segment_values))
         # The score of a method is the mean of its videos' scores (drift of each video, then averaged),
         # the slopes shown are those of the averaged curves.
-        out.score = float(np.mean([r.score for r in reports]))
+        out.score = float(np.mean(scores))
         return out
 
 
