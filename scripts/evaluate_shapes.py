@@ -452,7 +452,7 @@ def existing_matches(path: Path, expected: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- parts
-SAME_IN_EVERY_PART = ("schema", "label", "kind", "model_path", "model_sha256", "method", "frames", "model_config",
+SAME_IN_EVERY_PART = ("label", "kind", "model_path", "model_sha256", "method", "frames", "model_config",
                       "sampler", "world", "scorer")
 
 
