@@ -7,9 +7,10 @@
 #
 # 1. The forward-KL trajectories: 32 of 21 frames from the bundled teacher, in shards of 8 (about
 #    19 min a shard on 2 cores: the patch-2 teacher's attention, which runs at the CPU's float32 peak).
-# 2. DMD from the bundled raw weights with a fresh critic (a copy of the teacher: its first generator
-#    updates are near zero until the critic has learnt the student), STEPS iterations (default 240,
-#    48 generator updates; about 40 s an iteration), a checkpoint every 20.
+# 2. DMD from the bundled raw weights with a fresh critic (a copy of the teacher, so at real_guidance 0
+#    the DMD gradient starts near zero, not wrong, until the critic has learnt the student; the
+#    forward-KL term acts from the start), STEPS iterations (default 240, 48 generator updates; about
+#    40 s an iteration), a checkpoint every 20.
 # Then compare checkpoints block by block (results/experiments/ode-init-perturbed-context/per_block.py)
 # and bundle the better weights: python scripts/bundle_model.py $RUN/dmd shapes-hiar --raw
 set -euo pipefail
