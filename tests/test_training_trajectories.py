@@ -48,7 +48,7 @@ def test_stage_shards_hold_the_student_levels_and_refuse_another_schedule():
         TrajectoryDataset(root / "traj", levels=schedule.student_levels(shift=3.0))
 
 
-def test_trajectories_resume_skips_finished_shards(tmp_path):
+def test_trajectories_resume_skips_finished_shards(tmp_path, capsys):
     root = prepared()
     folder = tmp_path / "traj"
     shutil.copytree(root / "traj", folder)
@@ -62,6 +62,8 @@ def test_trajectories_resume_skips_finished_shards(tmp_path):
                                               num_samples=4, samples_per_shard=2, ode_steps=8))
     run_stage(cfg)
     assert (folder / "shard-00000.safetensors").stat().st_mtime_ns == before  # kept
+    # the kept shard counts as done before the run (the progress bar starts at 1/2, its rate from the new one)
+    assert "resumed: 1 of 2 steps' outputs exist and are kept" in capsys.readouterr().err
     a = TrajectoryDataset(folder)
     b = TrajectoryDataset(root / "traj")
     for i in range(4):  # the regenerated shard holds the same numbers

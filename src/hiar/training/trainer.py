@@ -112,6 +112,11 @@ class Stage:
     def export(self) -> None:
         pass
 
+    def output_exists(self, step: int) -> bool:
+        """Stateless stages: this step's output is on disk already, so a resumed run skips it (the
+        progress bar counts it as done before the run, not as a step taken now)."""
+        return False
+
 
 def resolve_device(name: str) -> torch.device:
     """The config's ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a
@@ -643,7 +648,7 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _loop(self, start: int, total: int, bar, summary: dict) -> None:
+    def _loop(self, start: int, total: int, bar, summary: dict, done_before: set[int]) -> None:
         stage = self.stage
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -663,7 +668,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
-            bar.update(1)
+            if step not in done_before:
+                bar.update(1)
             if done % self.cfg.log_every == 0 or done == total:
                 now = time.perf_counter()
                 record = {"step": done, **{k: sums[k] / counts[k] for k in sums},
@@ -706,7 +712,13 @@ class Trainer:
             self._open_logs(start)
             for record in records or []:
                 self.log(record)
-            bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
+            # Decided once, before this run writes anything: every rank must take every step (the losses
+            # are all-reduced), whatever another rank has written meanwhile.
+            done_before = ({s for s in range(start, total) if stage.output_exists(s)}
+                           if stage.stateless and self.resume_enabled else set())
+            if done_before:
+                self._note(f"resumed: {len(done_before)} of {total} steps' outputs exist and are kept")
+            bar = tqdm(total=total, initial=start + len(done_before), desc=stage.name, unit="step", dynamic_ncols=True,
                        disable=not (self.cfg.progress and self.is_main), file=sys.stderr)
             summary = {"stage": stage.name, "start_step": start, "steps": total}
             if 0 < start >= total and (self.out / "model.safetensors").is_file():
@@ -714,7 +726,7 @@ class Trainer:
                 # file with this commit in its metadata, so it would no longer be the file evaluated).
                 self._note(f"already finished at step {start}/{total}; {self.out / 'model.safetensors'} is kept")
             else:
-                self._loop(start, total, bar, summary)
+                self._loop(start, total, bar, summary, done_before)
                 stage.export()
             self.barrier()
         except NonFiniteError as err:

@@ -77,10 +77,13 @@ class TrajectoriesStage(Stage):
                    "seconds": round(time.perf_counter() - started, 3)})
         return torch.cat(out), text, prompts
 
+    def output_exists(self, step: int) -> bool:
+        return (self.trainer.out / shard_name(step)).exists()
+
     def step(self, step: int) -> dict[str, float]:
         t = self.trainer
         path = t.out / shard_name(step)
-        if step % t.world_size != t.rank or (path.exists() and t.resume_enabled):
+        if step % t.world_size != t.rank or (self.output_exists(step) and t.resume_enabled):
             return {"samples": 0.0}
         indices = self.indices_of_shard(step)
         latents, text, prompts = self.generate(indices)
