@@ -13,6 +13,8 @@
 #    40 s an iteration), a checkpoint every 20.
 # Then compare checkpoints block by block (results/experiments/ode-init-perturbed-context/per_block.py)
 # and bundle the better weights: python scripts/bundle_model.py $RUN/dmd shapes-hiar --raw
+# First sitting (results/experiments/dmd-hiar-fresh-critic/): 86 iterations, every checkpoint worse than
+# the start; a next sitting resumes the same run (its critic kept), which that one could not.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:?set RUN to a folder outside the repository}
