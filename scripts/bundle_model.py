@@ -1,14 +1,18 @@
 """Copy a trained stage's model into the package as a bundled asset (float16, with provenance).
 
-    python scripts/bundle_model.py RUN_DIR NAME [--raw]
+    python scripts/bundle_model.py SOURCE NAME [--raw]
     e.g. python scripts/bundle_model.py runs/shapes/dmd_hiar shapes-hiar
+         python scripts/bundle_model.py runs/shapes/dmd_hiar/checkpoints/step-0000160 shapes-hiar --raw
 
-Reads ``RUN_DIR/model.safetensors`` (the EMA weights the stage exported; with ``--raw``, the raw weights
-``RUN_DIR/model_raw.safetensors``, for a run cut short before its EMA had averaged much; the metadata
-says which) and ``RUN_DIR/config.yaml``,
-and writes ``src/hiar/assets/NAME.safetensors`` in float16 (the toy model is 1.2 M parameters: 2.4 MB)
-with metadata: the stage, its steps and seed, the recipe config it ran (as YAML) and the commit of
-the code that trained it. :func:`hiar.checkpoint.load_model` reads it back in float32.
+SOURCE is a finished run folder: its ``model.safetensors`` (the EMA weights the stage exported; with
+``--raw``, the raw weights ``model_raw.safetensors``, for a run cut short before its EMA had averaged
+much; the metadata says which). Or one of its checkpoint folders (``RUN/checkpoints/step-N``), to ship
+the step a comparison chose: the stage's model there (``generator`` for DMD, else ``model``), its EMA
+or with ``--raw`` its raw weights; a folder without its completion marker is refused. The run's
+``config.yaml`` goes with it. Writes ``src/hiar/assets/NAME.safetensors`` in float16 (the toy model is
+1.2 M parameters: 2.4 MB) with metadata: the stage, its steps and seed, the recipe config it ran (as
+YAML) and the commit of the code that trained it. :func:`hiar.checkpoint.load_model` reads it back in
+float32.
 """
 
 from __future__ import annotations
@@ -31,6 +35,32 @@ def commit() -> str:
         return "unknown"
 
 
+def weights_and_config(source: Path, raw: bool) -> tuple[Path, Path, str | None]:
+    """(the weights to bundle, the run's config, what is wrong with ``source`` or None): a finished run
+    folder, or a checkpoint step folder of one (``RUN/checkpoints/step-N``, complete by its marker)."""
+    from hiar.training import runfolder
+
+    has_marker, problem = runfolder.marker_problem(source)
+    if not has_marker:  # a run folder
+        src = source / ("model_raw.safetensors" if raw else "model.safetensors")
+        config = source / "config.yaml"
+        if not src.is_file() or not config.is_file():
+            return src, config, f"has no finished stage ({src.name} and config.yaml)"
+        return src, config, None
+    config = source.parent.parent / "config.yaml"
+    if problem:
+        return source, config, f"is an incomplete checkpoint: {problem}"
+    names = [n for n in ("generator", "model") if (source / f"{n}.safetensors").is_file()]
+    if not names:
+        return source, config, "is a checkpoint with no generator or model weights"
+    src = source / (f"{names[0]}.safetensors" if raw else f"{names[0]}_ema.safetensors")
+    if not src.is_file():
+        return src, config, f"has no {src.name} (its stage kept no EMA; bundle with --raw)"
+    if not config.is_file():
+        return src, config, f"is a checkpoint without its run's config.yaml ({config})"
+    return src, config, None
+
+
 def main(argv: list[str]) -> int:
     raw = "--raw" in argv
     argv = [a for a in argv if a != "--raw"]
@@ -39,10 +69,10 @@ def main(argv: list[str]) -> int:
         return 2
     from hiar.checkpoint import load_model, read_checkpoint, save_model
 
-    run, name = Path(argv[0]), argv[1]
-    src = run / ("model_raw.safetensors" if raw else "model.safetensors")
-    if not src.is_file() or not (run / "config.yaml").is_file():
-        print(f"bundle_model: {run} has no finished stage ({src.name} and config.yaml)", file=sys.stderr)
+    source, name = Path(argv[0]), argv[1]
+    src, config, problem = weights_and_config(source, raw)
+    if problem:
+        print(f"bundle_model: {source} {problem}", file=sys.stderr)
         return 1
     meta = read_checkpoint(src).metadata
     model = load_model(src).to(torch.float16)
@@ -51,7 +81,7 @@ def main(argv: list[str]) -> int:
         "stage": meta.get("stage", "?"),
         "steps": meta.get("step", "?"),
         "weights": meta.get("weights", "?"),
-        "recipe_config": (run / "config.yaml").read_text(),
+        "recipe_config": config.read_text(),
         "seed": meta.get("seed", "?"),
         "trained_on": meta.get("trained_on", "?"),
         # the run's own record (hiar train writes it); older runs: the commit this script runs at

@@ -46,3 +46,43 @@ def test_a_folder_without_the_asked_weights_is_one_line(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip()
     assert err == f"bundle_model: {run} has no finished stage (model_raw.safetensors and config.yaml)"
     assert not (tmp_path / "assets").exists()
+
+
+def test_bundles_a_checkpoint_folder_with_the_runs_provenance(tmp_path, monkeypatch):
+    """A step a comparison chose ships as it is: the generator's EMA (or raw weights) of that checkpoint,
+    whose files carry the run's seed and commit like the exported model does, and the run's config."""
+    from hiar.training import run_stage, stage_config
+    from tests.training_helpers import dmd_config, prepared
+
+    out = tmp_path / "dmd"
+    run_stage(stage_config("dmd", dmd_config(prepared(), out, steps=2, checkpoint_every=1)))
+    step = out / "checkpoints" / "step-0000001"
+    monkeypatch.setattr(bm, "ASSETS", tmp_path / "assets")
+    assert bm.main([str(step), "ema-bundle"]) == 0
+    assert bm.main([str(step), "raw-bundle", "--raw"]) == 0
+    for name, source, weights in (("ema-bundle", "generator_ema", "ema"), ("raw-bundle", "generator", "raw")):
+        meta = read_checkpoint(tmp_path / "assets" / f"{name}.safetensors").metadata
+        trained = read_checkpoint(step / f"{source}.safetensors").metadata
+        assert (meta["weights"], meta["steps"], meta["stage"], meta["seed"]) == (weights, "1", "dmd", "0")
+        assert meta["trained_by_commit"] == trained["commit"] and not meta["trained_by_commit"].startswith("unrecorded")
+        assert meta["recipe_config"] == (out / "config.yaml").read_text()
+        bundled = load_model(tmp_path / "assets" / f"{name}.safetensors").state_dict()
+        for key, value in load_model(step / f"{source}.safetensors").state_dict().items():
+            torch.testing.assert_close(bundled[key], value.half().float())
+    ema, raw = (load_model(tmp_path / "assets" / f"{n}.safetensors").state_dict() for n in ("ema-bundle", "raw-bundle"))
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_an_incomplete_checkpoint_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from hiar.training import run_stage, stage_config
+    from tests.training_helpers import dmd_config, prepared
+
+    out = tmp_path / "dmd"
+    run_stage(stage_config("dmd", dmd_config(prepared(), out, steps=1, checkpoint_every=1)))
+    step = out / "checkpoints" / "step-0000001"
+    (step / "generator_ema.safetensors").unlink()
+    monkeypatch.setattr(bm, "ASSETS", tmp_path / "assets")
+    assert bm.main([str(step), "shapes-x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"bundle_model: {step} is an incomplete checkpoint: generator_ema.safetensors is missing"
+    assert not (tmp_path / "assets").exists()

@@ -24,7 +24,7 @@ deadline=$(( $(date +%s) + SECONDS_LEFT ))
 left() { echo $(( deadline - $(date +%s) )); }
 
 if [ ! -f "$RUN/trajectories/manifest.json" ]; then
-  timeout --signal=INT "$(left)" $HIAR train configs/shapes/trajectories.yaml \
+  timeout "$(left)" $HIAR train configs/shapes/trajectories.yaml \
     --set model.checkpoint=src/hiar/assets/shapes-teacher.safetensors --set device=cpu \
     --set num_samples=32 --set samples_per_shard=8 --set batch_size=8 --set output_dir="$RUN/trajectories" || exit 0
 fi

@@ -306,9 +306,14 @@ class Trainer:
             return None
         from hiar.checkpoint import save_model
 
-        meta = {"stage": self.stage.name, "step": str(self.step), "seed": str(self.cfg.seed),
-                "commit": self.commit, "trained_on": self.hardware(), **{k: str(v) for k, v in metadata.items()}}
-        return save_model(model, self.out / filename, metadata=meta, state_dict=whole)
+        return save_model(model, self.out / filename, metadata=self.provenance(self.step, **metadata), state_dict=whole)
+
+    def provenance(self, step: int, **extra) -> dict[str, str]:
+        """What every model file this run writes says about itself (exported or in a checkpoint, so a
+        checkpoint's weights can be bundled with their provenance): stage, step, seed, commit, device."""
+        meta = {"stage": self.stage.name, "step": str(step), "seed": str(self.cfg.seed),
+                "commit": self.commit, "trained_on": self.hardware()}
+        return {**meta, **{k: str(v) for k, v in extra.items()}}
 
     def hardware(self) -> str:
         """What trained it, for the model's metadata: the device and the number of processes, e.g.
@@ -365,11 +370,10 @@ class Trainer:
         if self.sharded:
             fsdp.write_index(tmp, self.models, self.emas)
         else:
-            meta = {"stage": self.stage.name, "step": str(step)}
             for name, model in self.models.items():
-                save_model(model, tmp / f"{name}.safetensors", metadata=meta)
+                save_model(model, tmp / f"{name}.safetensors", metadata=self.provenance(step, weights="raw"))
             for name, ema in self.emas.items():
-                save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=meta)
+                save_model(ema.model, tmp / f"{name}_ema.safetensors", metadata=self.provenance(step, weights="ema"))
         state = {
             "step": step,
             "world_size": self.world_size,
