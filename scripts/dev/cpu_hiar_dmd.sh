@@ -14,7 +14,8 @@
 # Then compare checkpoints block by block (results/experiments/ode-init-perturbed-context/per_block.py)
 # and bundle the better weights: python scripts/bundle_model.py $RUN/dmd shapes-hiar --raw
 # First sitting (results/experiments/dmd-hiar-fresh-critic/): 86 iterations, every checkpoint worse than
-# the start; a next sitting resumes the same run (its critic kept), which that one could not.
+# the start. Second (results/experiments/dmd-hiar-low-lr/, run by hand): that run's critic kept, the
+# generator's lr at 2e-5: better after 10 iterations, worse again from 20.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${RUN:?set RUN to a folder outside the repository}
