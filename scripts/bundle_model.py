@@ -35,9 +35,11 @@ def commit() -> str:
         return "unknown"
 
 
-def weights_and_config(source: Path, raw: bool) -> tuple[Path, Path, str | None]:
-    """(the weights to bundle, the run's config, what is wrong with ``source`` or None): a finished run
-    folder, or a checkpoint step folder of one (``RUN/checkpoints/step-N``, complete by its marker)."""
+def weights_and_config(source: Path, raw: bool) -> tuple[Path, str, Path, str | None]:
+    """(the weights to read, the ``which`` to read them with, the run's config, what is wrong with
+    ``source`` or None): a finished run folder, or a checkpoint step folder of one
+    (``RUN/checkpoints/step-N``, complete by its marker), whose generator or model
+    :func:`hiar.checkpoint.read_checkpoint` picks (EMA, or raw for ``which="generator"``)."""
     from hiar.training import runfolder
 
     has_marker, problem = runfolder.marker_problem(source)
@@ -45,20 +47,14 @@ def weights_and_config(source: Path, raw: bool) -> tuple[Path, Path, str | None]
         src = source / ("model_raw.safetensors" if raw else "model.safetensors")
         config = source / "config.yaml"
         if not src.is_file() or not config.is_file():
-            return src, config, f"has no finished stage ({src.name} and config.yaml)"
-        return src, config, None
+            return src, "auto", config, f"has no finished stage ({src.name} and config.yaml)"
+        return src, "auto", config, None
     config = source.parent.parent / "config.yaml"
     if problem:
-        return source, config, f"is an incomplete checkpoint: {problem}"
-    names = [n for n in ("generator", "model") if (source / f"{n}.safetensors").is_file()]
-    if not names:
-        return source, config, "is a checkpoint with no generator or model weights"
-    src = source / (f"{names[0]}.safetensors" if raw else f"{names[0]}_ema.safetensors")
-    if not src.is_file():
-        return src, config, f"has no {src.name} (its stage kept no EMA; bundle with --raw)"
+        return source, "auto", config, f"is an incomplete checkpoint: {problem}"
     if not config.is_file():
-        return src, config, f"is a checkpoint without its run's config.yaml ({config})"
-    return src, config, None
+        return source, "auto", config, f"is a checkpoint without its run's config.yaml ({config})"
+    return source, "generator" if raw else "ema", config, None
 
 
 def main(argv: list[str]) -> int:
@@ -67,15 +63,19 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    from hiar.checkpoint import load_model, read_checkpoint, save_model
+    from hiar.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 
     source, name = Path(argv[0]), argv[1]
-    src, config, problem = weights_and_config(source, raw)
+    src, which, config, problem = weights_and_config(source, raw)
     if problem:
         print(f"bundle_model: {source} {problem}", file=sys.stderr)
         return 1
-    meta = read_checkpoint(src).metadata
-    model = load_model(src).to(torch.float16)
+    try:
+        meta = read_checkpoint(src, which=which).metadata
+        model = load_model(src, which=which).to(torch.float16)
+    except CheckpointError as err:
+        print(f"bundle_model: {err}", file=sys.stderr)
+        return 1
     info = {
         "bundle_name": name,
         "stage": meta.get("stage", "?"),
