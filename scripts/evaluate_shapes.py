@@ -36,6 +36,11 @@ spec and seed, as in the whole run), into a folder of its own; ``--merge PART.js
 the (model, length) JSON of all their prompts, equal to what one run over them writes
 (:func:`merge_parts`), and the figures. A 336-frame row of the HiAR student takes two hours on a
 2-core CPU: parts let it be made in sittings.
+
+Moved models: a row names its model by path and sha256. When the file is copied elsewhere unchanged
+(a candidate that becomes the bundled model), ``--moved-to PATH ROW.json ...`` points the rows at the
+new path after checking its bytes are the ones evaluated (:func:`move_rows`); the path it was evaluated
+at is kept as ``model_path_evaluated``. Nothing is sampled again.
 """
 
 from __future__ import annotations
@@ -506,6 +511,30 @@ def merge_parts(paths: list[Path]) -> tuple[dict, Path]:
     return payload, frames_path(holder.parent, first["label"], first["frames"])
 
 
+def move_rows(paths: list[Path], new_model: Path) -> list[dict]:
+    """The rows at ``paths`` with ``model_path`` set to ``new_model``, which must hold the very bytes they
+    evaluated (same sha256); the old path is kept as ``model_path_evaluated`` (the first one, if moved
+    twice). A row evaluates a file, not a place: moving it need not cost the hours of sampling again."""
+    if not new_model.is_file():
+        raise SystemExit(f"evaluate_shapes: --moved-to: model file not found: {new_model}")
+    sha = file_sha256(str(new_model))
+    moved = []
+    for path in paths:
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"evaluate_shapes: --moved-to: cannot read {path}: {err}") from None
+        if row.get("schema") != SCHEMA or row.get("kind") not in ("student", "teacher"):
+            raise SystemExit(f"evaluate_shapes: --moved-to: {path} is not a {SCHEMA} row of a model")
+        if row.get("model_sha256") != sha:
+            raise SystemExit(f"evaluate_shapes: --moved-to: {path} evaluated a file with sha256 "
+                             f"{str(row.get('model_sha256'))[:12]}, {new_model} has {sha[:12]}")
+        row.setdefault("model_path_evaluated", row["model_path"])
+        row["model_path"] = display_path(str(new_model))
+        moved.append(row)
+    return moved
+
+
 # ---------------------------------------------------------------------------------------- figures
 def load_results(out: Path) -> list[dict]:
     found = []
@@ -592,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", default=None, metavar="PART_JSON",
                    help="merge parts of one (model, length) made with --first-prompt into OUT/<label>-f<frames>.json, "
                         "then write the figures; nothing is sampled")
+    p.add_argument("--moved-to", nargs="+", default=None, metavar=("MODEL", "ROW_JSON"),
+                   help="point the rows ROW_JSON ... at the model file MODEL, which must have the sha256 they "
+                        "evaluated (a model copied elsewhere unchanged, e.g. bundled); rewrites them in place")
     p.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="specs are sample_spec((PROMPT_SEED, i)) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed of prompt i is SEED + i (default: %(default)s)")
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
@@ -618,6 +650,15 @@ def main(argv: list[str] | None = None) -> int:
     from hiar.world.shapes import default_world
 
     args = build_parser().parse_args(argv)
+    if args.moved_to:
+        if len(args.moved_to) < 2:
+            raise SystemExit("evaluate_shapes: --moved-to: give the model file, then the row JSON files")
+        rows = [Path(p) for p in args.moved_to[1:]]
+        for path, row in zip(rows, move_rows(rows, Path(args.moved_to[0]))):
+            write_json(path, row)
+            print(f"evaluate_shapes: {path} now names {row['model_path']} (evaluated as {row['model_path_evaluated']})",
+                  file=sys.stderr)
+        return 0
     if args.merge:
         return merge_main([Path(p) for p in args.merge], Path(args.out), Path(args.figures), args.no_figures)
     if args.prompts < 1 or args.first_prompt < 0 or any(f < 3 for f in args.frames):

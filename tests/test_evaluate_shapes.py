@@ -312,3 +312,38 @@ def test_parts_over_prompt_ranges_merge_into_the_whole_run(random_toy, tmp_path,
         ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "b" / "real-f15.json"])
     with pytest.raises(SystemExit, match=r"cannot read .*missing.json"):
         ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "missing.json"])
+
+
+def test_rows_follow_a_model_file_moved_unchanged_and_refuse_another(tiny_run, tmp_path, capsys):
+    """--moved-to points rows at a copy of the file they evaluated (so a run naming the copy skips them)
+    and refuses a file with other bytes, naming both hashes; nothing else in the row changes."""
+    import shutil
+
+    out, argv = tiny_run
+    rows = tmp_path / "json"
+    shutil.copytree(out / "json", rows)
+    source = Path(argv[argv.index("--model") + 1].split("=", 1)[1].rsplit(":", 1)[0])
+    moved = tmp_path / "bundled" / "student.safetensors"
+    moved.parent.mkdir()
+    shutil.copyfile(source, moved)
+    before = json.loads((rows / "rnd-f6.json").read_text())
+    assert ev.main(["--moved-to", str(moved), str(rows / "rnd-f6.json")]) == 0
+    after = json.loads((rows / "rnd-f6.json").read_text())
+    assert after["model_path"] == ev.display_path(str(moved)) != before["model_path"]
+    assert after["model_path_evaluated"] == before["model_path"]
+    assert {k: v for k, v in after.items() if k not in ("model_path", "model_path_evaluated")} == \
+        {k: v for k, v in before.items() if k != "model_path"}
+    capsys.readouterr()
+    moved_argv = [a.replace(str(source), str(moved)) for a in argv]
+    assert ev.main([*moved_argv[:moved_argv.index("--out")], "--out", str(rows), "--no-real", "--no-figures",
+                    "--no-progress"]) == 0
+    assert "0 written, 1 skipped" in capsys.readouterr().err
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(moved.read_bytes() + b" ")
+    with pytest.raises(SystemExit, match=r"evaluated a file with sha256 [0-9a-f]{12}, .*other.safetensors has [0-9a-f]{12}"):
+        ev.main(["--moved-to", str(other), str(rows / "rnd-f6.json")])
+    with pytest.raises(SystemExit, match="is not a .* row of a model"):
+        ev.main(["--moved-to", str(moved), str(rows / "real-f6.json")])
+    with pytest.raises(SystemExit, match="model file not found"):
+        ev.main(["--moved-to", str(tmp_path / "nowhere.safetensors"), str(rows / "rnd-f6.json")])
