@@ -1,6 +1,6 @@
 """Copy a trained stage's model into the package as a bundled asset (float16, with provenance).
 
-    python scripts/bundle_model.py SOURCE NAME [--raw]
+    python scripts/bundle_model.py SOURCE NAME [--raw] [--meta KEY=VALUE ...]
     e.g. python scripts/bundle_model.py runs/shapes/dmd_hiar shapes-hiar
          python scripts/bundle_model.py runs/shapes/dmd_hiar/checkpoints/step-0000160 shapes-hiar --raw
 
@@ -13,6 +13,10 @@ or with ``--raw`` its raw weights; a folder without its completion marker is ref
 1.2 M parameters: 2.4 MB) with metadata: the stage, its steps and seed, the recipe config it ran (as
 YAML) and the commit of the code that trained it. :func:`hiar.checkpoint.load_model` reads it back in
 float32.
+
+``--meta KEY=VALUE`` (repeatable) states what a run made before its checkpoints carried their
+provenance could not record (its seed, the commit that trained it, ``started_from``): the value
+replaces the key's, and ``given_by_hand`` lists the keys so given.
 """
 
 from __future__ import annotations
@@ -57,9 +61,28 @@ def weights_and_config(source: Path, raw: bool) -> tuple[Path, str, Path, str | 
     return source, "generator" if raw else "ema", config, None
 
 
+def split_meta(argv: list[str]) -> tuple[list[str], dict[str, str], str | None]:
+    """(the other arguments, the ``--meta KEY=VALUE`` pairs, what is wrong with them or None)."""
+    rest, given = [], {}
+    it = iter(argv)
+    for arg in it:
+        if arg != "--meta":
+            rest.append(arg)
+            continue
+        pair = next(it, None)
+        if pair is None or "=" not in pair or not pair.split("=", 1)[0]:
+            return rest, given, f"--meta wants KEY=VALUE, got {pair!r}"
+        key, value = pair.split("=", 1)
+        given[key] = value
+    return rest, given, None
+
+
 def main(argv: list[str]) -> int:
     raw = "--raw" in argv
-    argv = [a for a in argv if a != "--raw"]
+    argv, given, problem = split_meta([a for a in argv if a != "--raw"])
+    if problem:
+        print(f"bundle_model: {problem}", file=sys.stderr)
+        return 2
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
@@ -88,6 +111,9 @@ def main(argv: list[str]) -> int:
         "trained_by_commit": meta.get("commit") or f"unrecorded (bundled at {commit()})",
         "dtype": "float16",
     }
+    if given:
+        info.update(given)
+        info["given_by_hand"] = ",".join(sorted(given))
     ASSETS.mkdir(parents=True, exist_ok=True)
     out = save_model(model, ASSETS / f"{name}.safetensors", metadata=info)
     print(f"bundled {src} -> {out} ({out.stat().st_size / 2**20:.1f} MiB; stage {info['stage']}, step {info['steps']})")

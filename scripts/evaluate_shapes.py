@@ -39,8 +39,9 @@ the (model, length) JSON of all their prompts, equal to what one run over them w
 
 Moved models: a row names its model by path and sha256. When the file is copied elsewhere unchanged
 (a candidate that becomes the bundled model), ``--moved-to PATH ROW.json ...`` points the rows at the
-new path after checking its bytes are the ones evaluated (:func:`move_rows`); the path it was evaluated
-at is kept as ``model_path_evaluated``. Nothing is sampled again.
+new path after checking it holds the model evaluated: the same bytes, or the same weights and config
+with other metadata (:func:`move_rows`); where the row was evaluated is kept as ``moved_from``.
+Nothing is sampled again.
 """
 
 from __future__ import annotations
@@ -511,10 +512,23 @@ def merge_parts(paths: list[Path]) -> tuple[dict, Path]:
     return payload, frames_path(holder.parent, first["label"], first["frames"])
 
 
+def same_model(a: Path, b: Path) -> bool:
+    """Whether two model files hold the same model: equal model configs and bit-identical tensors
+    (their metadata, and so their sha256, may differ)."""
+    from hiar.checkpoint import read_checkpoint
+
+    ca, cb = read_checkpoint(a), read_checkpoint(b)
+    if ca.config != cb.config or ca.state_dict.keys() != cb.state_dict.keys():
+        return False
+    return all(x.dtype == cb.state_dict[k].dtype and torch.equal(x, cb.state_dict[k]) for k, x in ca.state_dict.items())
+
+
 def move_rows(paths: list[Path], new_model: Path) -> list[dict]:
-    """The rows at ``paths`` with ``model_path`` set to ``new_model``, which must hold the very bytes they
-    evaluated (same sha256); the old path is kept as ``model_path_evaluated`` (the first one, if moved
-    twice). A row evaluates a file, not a place: moving it need not cost the hours of sampling again."""
+    """The rows at ``paths`` pointed at ``new_model``: the very file they evaluated (same sha256), or a
+    copy whose metadata alone differs (:func:`same_model` against the row's file, which must still
+    have the row's sha256; the row then takes the new file's sha256 and metadata). Where the row was
+    first evaluated is kept as ``moved_from``. A row evaluates a model, not a place: bundling it, or
+    stating provenance its file lacked, need not cost the hours of sampling again."""
     if not new_model.is_file():
         raise SystemExit(f"evaluate_shapes: --moved-to: model file not found: {new_model}")
     sha = file_sha256(str(new_model))
@@ -526,11 +540,18 @@ def move_rows(paths: list[Path], new_model: Path) -> list[dict]:
             raise SystemExit(f"evaluate_shapes: --moved-to: cannot read {path}: {err}") from None
         if row.get("schema") != SCHEMA or row.get("kind") not in ("student", "teacher"):
             raise SystemExit(f"evaluate_shapes: --moved-to: {path} is not a {SCHEMA} row of a model")
-        if row.get("model_sha256") != sha:
-            raise SystemExit(f"evaluate_shapes: --moved-to: {path} evaluated a file with sha256 "
-                             f"{str(row.get('model_sha256'))[:12]}, {new_model} has {sha[:12]}")
-        row.setdefault("model_path_evaluated", row["model_path"])
-        row["model_path"] = display_path(str(new_model))
+        old_sha, old_path = row.get("model_sha256"), ROOT / row["model_path"]
+        if old_sha != sha:
+            if not old_path.is_file() or file_sha256(str(old_path)) != old_sha:
+                raise SystemExit(f"evaluate_shapes: --moved-to: {path} evaluated a file with sha256 {str(old_sha)[:12]}, "
+                                 f"{new_model} has {sha[:12]}, and {row['model_path']} (the row's file) is gone or "
+                                 f"changed, so the weights cannot be compared")
+            if not same_model(old_path, new_model):
+                raise SystemExit(f"evaluate_shapes: --moved-to: {path} evaluated a file with sha256 {old_sha[:12]}, "
+                                 f"{new_model} has {sha[:12]} and other weights or another model config")
+            row["model_metadata"] = model_metadata(str(new_model))
+        row.setdefault("moved_from", {"model_path": row["model_path"], "model_sha256": old_sha})
+        row["model_path"], row["model_sha256"] = display_path(str(new_model)), sha
         moved.append(row)
     return moved
 
@@ -622,8 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge parts of one (model, length) made with --first-prompt into OUT/<label>-f<frames>.json, "
                         "then write the figures; nothing is sampled")
     p.add_argument("--moved-to", nargs="+", default=None, metavar=("MODEL", "ROW_JSON"),
-                   help="point the rows ROW_JSON ... at the model file MODEL, which must have the sha256 they "
-                        "evaluated (a model copied elsewhere unchanged, e.g. bundled); rewrites them in place")
+                   help="point the rows ROW_JSON ... at the model file MODEL, which must hold the model they "
+                        "evaluated (same sha256, or same weights and config with other metadata; e.g. a "
+                        "candidate bundled); rewrites them in place")
     p.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="specs are sample_spec((PROMPT_SEED, i)) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed of prompt i is SEED + i (default: %(default)s)")
     p.add_argument("--window", type=int, default=KV_WINDOW, help="students' KV window in latent frames (default: %(default)s)")
@@ -656,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [Path(p) for p in args.moved_to[1:]]
         for path, row in zip(rows, move_rows(rows, Path(args.moved_to[0]))):
             write_json(path, row)
-            print(f"evaluate_shapes: {path} now names {row['model_path']} (evaluated as {row['model_path_evaluated']})",
-                  file=sys.stderr)
+            print(f"evaluate_shapes: {path} now names {row['model_path']} (evaluated as "
+                  f"{row['moved_from']['model_path']})", file=sys.stderr)
         return 0
     if args.merge:
         return merge_main([Path(p) for p in args.merge], Path(args.out), Path(args.figures), args.no_figures)

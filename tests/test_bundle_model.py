@@ -86,3 +86,22 @@ def test_an_incomplete_checkpoint_folder_is_one_line(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert err == f"bundle_model: {step} is an incomplete checkpoint: generator_ema.safetensors is missing"
     assert not (tmp_path / "assets").exists()
+
+
+def test_meta_states_what_an_older_run_did_not_record_and_says_so(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "old"
+    run.mkdir()
+    save_model(tiny_model(seed=3), run / "model.safetensors", metadata={"stage": "dmd", "step": "10"})
+    (run / "config.yaml").write_text("stage: dmd\nseed: 0\n")
+    monkeypatch.setattr(bm, "ASSETS", tmp_path / "assets")
+    assert bm.main([str(run), "plain"]) == 0
+    plain = read_checkpoint(tmp_path / "assets" / "plain.safetensors").metadata
+    assert plain["seed"] == "?" and plain["trained_by_commit"].startswith("unrecorded") and "given_by_hand" not in plain
+    assert bm.main([str(run), "stated", "--meta", "seed=0", "--meta", "started_from=a b=c"]) == 0
+    stated = read_checkpoint(tmp_path / "assets" / "stated.safetensors").metadata
+    assert (stated["seed"], stated["started_from"], stated["given_by_hand"]) == ("0", "a b=c", "seed,started_from")
+    assert stated["steps"] == "10" and stated["stage"] == "dmd"  # what the run recorded stays
+    capsys.readouterr()
+    assert bm.main([str(run), "bad", "--meta", "seed"]) == 2
+    assert capsys.readouterr().err.strip() == "bundle_model: --meta wants KEY=VALUE, got 'seed'"
+    assert not (tmp_path / "assets" / "bad.safetensors").exists()

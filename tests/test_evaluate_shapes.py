@@ -314,24 +314,28 @@ def test_parts_over_prompt_ranges_merge_into_the_whole_run(random_toy, tmp_path,
         ev.merge_parts([tmp_path / "a" / "sf-f15.json", tmp_path / "missing.json"])
 
 
-def test_rows_follow_a_model_file_moved_unchanged_and_refuse_another(tiny_run, tmp_path, capsys):
-    """--moved-to points rows at a copy of the file they evaluated (so a run naming the copy skips them)
-    and refuses a file with other bytes, naming both hashes; nothing else in the row changes."""
+def test_rows_follow_their_model_to_a_copy_or_a_restated_copy_and_refuse_other_weights(tiny_run, tmp_path, capsys):
+    """--moved-to points rows at a copy of the file they evaluated (so a run naming the copy skips them),
+    or at a copy with the same weights and config but other metadata (taking its sha256 and metadata),
+    and refuses other weights, or a move whose row file is gone; where the row was made is kept."""
     import shutil
+
+    from hiar.checkpoint import load_model
 
     out, argv = tiny_run
     rows = tmp_path / "json"
     shutil.copytree(out / "json", rows)
+    row = rows / "rnd-f6.json"
     source = Path(argv[argv.index("--model") + 1].split("=", 1)[1].rsplit(":", 1)[0])
     moved = tmp_path / "bundled" / "student.safetensors"
     moved.parent.mkdir()
     shutil.copyfile(source, moved)
-    before = json.loads((rows / "rnd-f6.json").read_text())
-    assert ev.main(["--moved-to", str(moved), str(rows / "rnd-f6.json")]) == 0
-    after = json.loads((rows / "rnd-f6.json").read_text())
+    before = json.loads(row.read_text())
+    assert ev.main(["--moved-to", str(moved), str(row)]) == 0
+    after = json.loads(row.read_text())
     assert after["model_path"] == ev.display_path(str(moved)) != before["model_path"]
-    assert after["model_path_evaluated"] == before["model_path"]
-    assert {k: v for k, v in after.items() if k not in ("model_path", "model_path_evaluated")} == \
+    assert after["moved_from"] == {"model_path": before["model_path"], "model_sha256": before["model_sha256"]}
+    assert {k: v for k, v in after.items() if k not in ("model_path", "moved_from")} == \
         {k: v for k, v in before.items() if k != "model_path"}
     capsys.readouterr()
     moved_argv = [a.replace(str(source), str(moved)) for a in argv]
@@ -339,11 +343,23 @@ def test_rows_follow_a_model_file_moved_unchanged_and_refuse_another(tiny_run, t
                     "--no-progress"]) == 0
     assert "0 written, 1 skipped" in capsys.readouterr().err
 
-    other = tmp_path / "other.safetensors"
-    other.write_bytes(moved.read_bytes() + b" ")
-    with pytest.raises(SystemExit, match=r"evaluated a file with sha256 [0-9a-f]{12}, .*other.safetensors has [0-9a-f]{12}"):
-        ev.main(["--moved-to", str(other), str(rows / "rnd-f6.json")])
+    model = load_model(source)
+    restated = save_model(model, tmp_path / "restated.safetensors", metadata={"stage": "dmd", "step": "7", "seed": "0"})
+    assert ev.main(["--moved-to", str(restated), str(row)]) == 0
+    again = json.loads(row.read_text())
+    assert again["model_sha256"] == ev.file_sha256(str(restated)) != before["model_sha256"]
+    assert again["model_metadata"]["seed"] == "0" and before["model_metadata"]["seed"] is None
+    assert again["moved_from"] == after["moved_from"] and again["scores"] == before["scores"]
+
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    other = save_model(model, tmp_path / "other.safetensors", metadata={"stage": "dmd", "step": "7"})
+    with pytest.raises(SystemExit, match=r"sha256 [0-9a-f]{12}, .*other.safetensors has [0-9a-f]{12} and other weights"):
+        ev.main(["--moved-to", str(other), str(row)])
+    restated.unlink()
+    with pytest.raises(SystemExit, match=r"restated.safetensors \(the row's file\) is gone or changed"):
+        ev.main(["--moved-to", str(moved), str(row)])
     with pytest.raises(SystemExit, match="is not a .* row of a model"):
         ev.main(["--moved-to", str(moved), str(rows / "real-f6.json")])
     with pytest.raises(SystemExit, match="model file not found"):
-        ev.main(["--moved-to", str(tmp_path / "nowhere.safetensors"), str(rows / "rnd-f6.json")])
+        ev.main(["--moved-to", str(tmp_path / "nowhere.safetensors"), str(row)])
