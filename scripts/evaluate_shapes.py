@@ -462,21 +462,26 @@ SAME_IN_EVERY_PART = ("label", "kind", "model_path", "model_sha256", "method", "
                       "sampler", "world", "scorer")
 
 
+def read_row(path: Path, option: str) -> dict:
+    """A result JSON that ``option`` (``--merge``, ``--moved-to``) was given; one line naming it if it
+    cannot be read or is not a result of this script."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"evaluate_shapes: {option}: cannot read {path}: {err}") from None
+    if row.get("schema") != SCHEMA:
+        raise SystemExit(f"evaluate_shapes: {option}: {path} is not a {SCHEMA} result")
+    return row
+
+
 def merge_parts(paths: list[Path]) -> tuple[dict, Path]:
     """One JSON from parts that evaluated disjoint prompt ranges of one (model, length) (``--first-prompt``):
     the per-video entries in prompt order and the means recomputed from them, as one run over all the
     prompts would have written them. Returns the payload and the frames file of the part holding the
     first prompt. A 336-frame row takes two hours on a 2-core CPU; parts let it be made in pieces."""
-    parts = []
-    for path in paths:
-        try:
-            parts.append((path, json.loads(path.read_text())))
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"evaluate_shapes: --merge: cannot read {path}: {err}") from None
+    parts = [(path, read_row(path, "--merge")) for path in paths]
     first_path, first = parts[0]
     for path, d in parts:
-        if d.get("schema") != SCHEMA:
-            raise SystemExit(f"evaluate_shapes: --merge: {path} is not a {SCHEMA} result")
         differ = [k for k in SAME_IN_EVERY_PART if d.get(k) != first.get(k)]
         if differ:
             raise SystemExit(f"evaluate_shapes: --merge: {path} differs from {first_path} in {', '.join(differ)}")
@@ -534,11 +539,8 @@ def move_rows(paths: list[Path], new_model: Path) -> list[dict]:
     sha = file_sha256(str(new_model))
     moved = []
     for path in paths:
-        try:
-            row = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"evaluate_shapes: --moved-to: cannot read {path}: {err}") from None
-        if row.get("schema") != SCHEMA or row.get("kind") not in ("student", "teacher"):
+        row = read_row(path, "--moved-to")
+        if row.get("kind") not in ("student", "teacher"):
             raise SystemExit(f"evaluate_shapes: --moved-to: {path} is not a {SCHEMA} row of a model")
         old_sha, old_path = row.get("model_sha256"), ROOT / row["model_path"]
         if old_sha != sha:

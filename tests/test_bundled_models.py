@@ -27,8 +27,9 @@ PROMPTS = [
 ]
 # Means over PROMPTS (seeds 0-3), semantic / dynamic. Measured with the patch-2 models bundled since
 # 2026-11-26: the HiAR student 0.96 / 0.81 (since 2026-11-28; its predecessor 0.88 / 0.82), Self-Forcing's
-# 0.63 / 0.60, CausVid's 0.34 / 0.61; random weights of the same architecture 0.20 / 0.30. CausVid's student draws few of the asked objects
-# (docs/results.md: 0.29 semantic at 84 frames), so its bar is lower, but still above random weights.
+# 0.63 / 0.60, CausVid's 0.34 / 0.61; random weights of the same architecture 0.20 / 0.30. CausVid's student
+# draws few of the asked objects (docs/results.md: 0.29 semantic at 84 frames), so its bar is lower, but
+# still above random weights.
 SEMANTIC_MIN = {"hiar": 0.6, "self-forcing": 0.45, "causvid": 0.28}
 MOTION_MIN = 0.5
 
