@@ -204,6 +204,44 @@ def test_dmd_methods_run(tmp_path, method, fkl_attention):
     assert (tmp_path / method / "critic.safetensors").is_file()
 
 
+def test_dmd_trains_only_the_generator_parameters_it_names(tmp_path):
+    root = prepared()
+    cfg = stage_config("dmd", dmd_config(root, tmp_path / "head", steps=3, checkpoint_every=3,
+                                         optimizer={"lr": 1e-3, "params": ["head"]}))
+    run_stage(cfg)
+    start = weights(root / "teacher/model.safetensors")
+    raw = weights(tmp_path / "head/checkpoints/step-0000003/generator.safetensors")
+    critic = weights(tmp_path / "head/critic.safetensors")
+    moved = {k for k in start if not torch.equal(start[k], raw[k])}
+    assert moved and all(k.startswith("head.") for k in moved)  # the head moved, nothing else
+    assert any(not k.startswith("head.") and not torch.equal(start[k], critic[k]) for k in start)  # the critic: all
+    with pytest.raises(ValueError, match=r"generator: optimizer.params names 'heads', which is no parameter"):
+        run_stage(stage_config("dmd", dmd_config(root, tmp_path / "typo", optimizer={"lr": 1e-3, "params": ["heads"]})))
+
+
+@pytest.mark.parametrize("last_step_only", [False, True])
+def test_dmd_rollouts_exit_at_the_drawn_step_or_always_the_last(tmp_path, monkeypatch, last_step_only):
+    from hiar.training.rollout import draw_exit_step
+    from hiar.training.stages import dmd
+
+    exits = []
+
+    def spy(*args, exit_step, **kw):
+        exits.append(exit_step)
+        return real(*args, exit_step=exit_step, **kw)
+
+    real = dmd.self_rollout
+    monkeypatch.setattr(dmd, "self_rollout", spy)
+    cfg = stage_config("dmd", dmd_config(prepared(), tmp_path / "run", steps=3, last_step_only=last_step_only))
+    run_stage(cfg)
+    S = len(cfg.student.timesteps)
+    # 1 generator : 2 critic updates: steps 0 and 2 update the generator, then the critic; step 1 the critic
+    purposes = [(0, "generator"), (0, "critic"), (1, "critic"), (2, "generator"), (2, "critic")]
+    drawn = [draw_exit_step(cfg.seed, s, S, purpose) for s, purpose in purposes]
+    assert exits == ([S] * 5 if last_step_only else drawn)
+    assert last_step_only or set(drawn) != {S}  # the keyed draws are not all the last step here
+
+
 def test_cli_train_with_overrides(tmp_path, capsys):
     config = tmp_path / "teacher.yaml"
     config.write_text(yaml.safe_dump({"stage": "teacher", "output_dir": str(tmp_path / "cli"), "model": TINY,

@@ -85,10 +85,14 @@ class OptimizerSection:
     eps: float = 1e-8
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    # The parameters to train, by module path (``head`` is ``head.*``); the others stay frozen.
+    # Empty: all of them.
+    params: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("lr must be > 0, grad_clip >= 0, warmup_steps >= 0")
+        self.params = tuple(str(p) for p in self.params)
 
 
 @dataclass
@@ -304,6 +308,9 @@ class DmdConfig(TrainConfig):
     critic: ModelSection | None = None  # default: a copy of the teacher
     critic_optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     critic_updates_per_generator: int = 5
+    # Every rollout exits at the student's last step (the released code's last_step_only); default: an
+    # exit step drawn uniformly from 1..S per iteration, so that every step is trained.
+    last_step_only: bool = False
     real_guidance: float = 3.0  # Self-Forcing's convention: real = cond + g (cond - uncond)
     negative_prompt: str | None = None  # the uncond branch's prompt; None: the null prompt (zeros)
     score_noise: SigmaSampler = field(default_factory=lambda: SigmaSampler(shift=5.0, min_t=0.02, max_t=0.98))

@@ -118,6 +118,18 @@ class Stage:
         return False
 
 
+def select_params(model: torch.nn.Module, paths: tuple[str, ...], purpose: str) -> None:
+    """Leave gradients on only for the parameters under the module ``paths`` (``head``: ``head.*``)."""
+    names = [n for n, _ in model.named_parameters()]
+    for path in paths:
+        if not any(n == path or n.startswith(path + ".") for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"{purpose}: optimizer.params names {path!r}, which is no parameter or module of the "
+                             f"model (its top-level ones: {', '.join(tops)})")
+    for n, p in model.named_parameters():
+        p.requires_grad_(any(n == path or n.startswith(path + ".") for path in paths))
+
+
 def resolve_device(name: str) -> torch.device:
     """The config's ``device``: ``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a
     device this machine does not have is a :class:`ConfigError` naming the key."""
@@ -225,8 +237,17 @@ class Trainer:
 
     def add_trainable(self, name: str, model: torch.nn.Module, optim: OptimizerSection, *,
                       ema_decay: float | None = None, ema_start: int = 0) -> None:
-        """Train ``model`` (in place: under fsdp it is sharded here) with AdamW, and an EMA if asked."""
+        """Train ``model`` (in place: under fsdp it is sharded here) with AdamW, and an EMA if asked.
+
+        Only the parameters ``optim.params`` names are trained (all when it is empty); the others are
+        frozen, so the backward pass stops where no trained parameter lies below.
+        """
         model.train().requires_grad_(True)
+        if optim.params:
+            if self.sharded:
+                raise ValueError(f"{name}: optimizer.params (training part of a model) is not supported with "
+                                 "parallel.strategy=fsdp; use ddp")
+            select_params(model, optim.params, name)
         self.models[name] = model
         if ema_decay is not None:  # copied before sharding: the EMA is sharded like the model
             self.emas[name] = EMA(model, ema_decay, ema_start)
@@ -235,7 +256,7 @@ class Trainer:
             fsdp.shard(model, policy)
             if name in self.emas:
                 fsdp.shard(self.emas[name].model, policy)
-        opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr, betas=tuple(optim.betas),
                                 weight_decay=optim.weight_decay, eps=optim.eps)
         warm = optim.warmup_steps
         self.optimizers[name] = opt

@@ -1,10 +1,11 @@
 """Stage 5, DMD: self-rollout distribution matching distillation (Self-Forcing, HiAR, CausVid).
 
 Per step (Self-Forcing's loop): every ``critic_updates_per_generator``-th step first updates the
-generator - a self-rollout with the gradient at one random exit step shared by all blocks, the DMD
-generator loss against the teacher with CFG (real score) and the critic (fake score), both
-bidirectional over the whole clip, plus lambda x the forward-KL regulariser on trajectories - then
-every step updates the critic by flow matching on a fresh rollout without gradient.
+generator - a self-rollout with the gradient at one random exit step shared by all blocks (the last
+step with ``last_step_only``), the DMD generator loss against the teacher with CFG (real score) and
+the critic (fake score), both bidirectional over the whole clip, plus lambda x the forward-KL
+regulariser on trajectories - then every step updates the critic by flow matching on a fresh rollout
+without gradient.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class DmdStage(Stage):
 
     def rollout(self, step: int, purpose: str, idx: list[int], text, clean, grad: bool) -> tuple[torch.Tensor, int]:
         cfg = self.cfg
-        exit_step = draw_exit_step(cfg.seed, step, self.S, purpose)
+        exit_step = self.S if cfg.last_step_only else draw_exit_step(cfg.seed, step, self.S, purpose)
         with self.trainer.autocast():
             x = self_rollout(self.generator, self.sampler, text, seeds=rollout_seeds(cfg.seed, step, idx, purpose),
                              latent_shape=self.source.latent_shape, num_blocks=self.num_blocks, exit_step=exit_step,
