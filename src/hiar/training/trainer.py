@@ -120,14 +120,17 @@ class Stage:
 
 def select_params(model: torch.nn.Module, paths: tuple[str, ...], purpose: str) -> None:
     """Leave gradients on only for the parameters under the module ``paths`` (``head``: ``head.*``)."""
+    def under(name: str, path: str) -> bool:
+        return name == path or name.startswith(path + ".")
+
     names = [n for n, _ in model.named_parameters()]
     for path in paths:
-        if not any(n == path or n.startswith(path + ".") for n in names):
+        if not any(under(n, path) for n in names):
             tops = sorted({n.split(".")[0] for n in names})
             raise ValueError(f"{purpose}: optimizer.params names {path!r}, which is no parameter or module of the "
                              f"model (its top-level ones: {', '.join(tops)})")
     for n, p in model.named_parameters():
-        p.requires_grad_(any(n == path or n.startswith(path + ".") for path in paths))
+        p.requires_grad_(any(under(n, path) for path in paths))
 
 
 def resolve_device(name: str) -> torch.device:
